@@ -1,0 +1,1 @@
+"""Bus: delivers committed events to the nodes holding the recipients' connections."""

@@ -1,0 +1,1 @@
+"""The HTTP and WebSocket edges, and the app factory that wires everything."""

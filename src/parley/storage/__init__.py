@@ -1,0 +1,1 @@
+"""Storage: one interface, SQLite embedded by default; keys map onto 1024 logical shards."""
