@@ -220,7 +220,8 @@ class ParleyClient:
         self._conn: _Conn | None = None
         self._runner: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
-        self._closed = False
+        self._closed = False  # no more sends or connects (closed, or session revoked)
+        self._shut = False  # close() ran: resources released
         self._queue: asyncio.Queue[ClientEvent | _Stop] = asyncio.Queue()
         self._pending: dict[str, _PendingSend] = {}
         self._dedup = MessageDedup()
@@ -256,6 +257,8 @@ class ParleyClient:
     # --- HTTP ---------------------------------------------------------------
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._shut:
+            raise ClientClosed("client is closed")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.request_timeout)
@@ -540,9 +543,9 @@ class ParleyClient:
 
     async def close(self) -> None:
         """Flush owed `delivered` frames, close the socket, fail pending sends."""
-        if self._closed:
+        if self._shut:
             return
-        self._closed = True
+        self._shut = self._closed = True
         conn = self._conn
         if conn is not None:
             self._flush_delivered()
