@@ -289,7 +289,8 @@ async def _listen(args: argparse.Namespace) -> int:
                 conv = event.conversation
                 names.forget_conversation(conv.conversation_id)
                 label = await names.conversation(conv.conversation_id)
-                print(f"[{label}] (conversation updated)", flush=True)
+                what = "new conversation" if conv.last_seq == 0 else "conversation updated"
+                print(f"[{label}] ({what})", flush=True)
             elif isinstance(event, PresenceEvent):
                 print(f"* {await names.user(event.user_id)} is {event.status}", flush=True)
             elif isinstance(event, Disconnected):
@@ -315,7 +316,8 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
         try:
             return asyncio.run(command(args))
         except ParleyError as exc:
-            print(f"error: {exc.message}", file=sys.stderr)
+            # The server's own words, and its code for scripts to match on.
+            print(f"error: {exc.message} ({exc.code})", file=sys.stderr)
         except CliError as exc:
             print(f"error: {exc}", file=sys.stderr)
         except aiohttp.ClientConnectionError as exc:
