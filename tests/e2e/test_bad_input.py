@@ -12,7 +12,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.wire import User, assert_err, call, direct, new_users, send_ok
+from tests.e2e.wire import (
+    User,
+    assert_err,
+    call,
+    direct,
+    new_users,
+    recv,
+    send_ok,
+    ws_open,
+    ws_url,
+)
 from tests.harness import ServerProcess
 
 
@@ -202,13 +212,125 @@ async def test_garbage_everywhere_never_500(
         b'{"username": "\\u0000abc", "password": "\\ud800\\ud800\\ud800"}',
         b'{"client_msg_id": "\\ud800", "body": "\\udfff"}',
         b'{"type": "direct", "user_id": "' + b"z" * 5000 + b'"}',
-        b'{"a":' * 1000 + b"1" + b"}" * 1000,
+        b'{"a":' * 50 + b"1" + b"}" * 50,
+        b"[" * 50 + b"]" * 50,
     ]
+    failures = []
     for method, path in paths:
         for raw in bodies:
-            r = await call(http, method, base + path, token=a.token, data=raw)
-            assert r.status < 500 or r.status == 503, (method, path, raw, r)
+            try:
+                r = await call(http, method, base + path, token=a.token, data=raw)
+            except AssertionError as exc:  # a 500 or a malformed error body
+                failures.append((method, path, (raw or b"")[:60], str(exc)[:160]))
+                continue
+            if r.status >= 500 and r.status != 503:
+                failures.append((method, path, (raw or b"")[:60], r.status))
+    distinct = sorted({(m, p, str(e)[-80:]) for m, p, _, e in failures})
+    assert not failures, f"{len(failures)} bad answers:\n" + "\n".join(map(str, distinct))
     health = await call(http, "GET", base + "/healthz")
     assert health.status == 200
     m = await send_ok(http, b, cid, "alive")
     assert m["seq"] >= 1
+
+
+DEEP = [b'{"a":' * 5000 + b"1" + b"}" * 5000, b"[" * 20000 + b"]" * 20000]
+
+
+async def test_deeply_nested_json_is_a_client_error(
+    shared_server: ServerProcess, http: aiohttp.ClientSession, pair: tuple[User, User, str]
+) -> None:
+    """A small body nested thousands deep is the client's mistake (400/422), not a 500."""
+    a, b, cid = pair
+    base = shared_server.url
+    for method, path, token in post_endpoints(a, b, cid):
+        for raw in DEEP:
+            r = await call(http, method, base + path, token=token, data=raw)
+            assert r.status in (400, 422), (path, r)
+    ws, _ = await ws_open(http, base, a.token)
+    try:
+        for raw in DEEP:
+            await ws.send_str(raw.decode())
+            err = await recv(ws)
+            assert err["type"] == "error" and err["code"] in ("malformed_json", "validation_error")
+        await ws.send_str('{"type": "ping"}')
+        assert await recv(ws) == {"type": "pong"}
+    finally:
+        await ws.close()
+    assert (await send_ok(http, b, cid, "alive"))["seq"] >= 1
+
+
+HUGE = "99999999999999999999999"  # beyond any 64-bit integer
+
+
+async def test_huge_integers_are_client_errors(
+    shared_server: ServerProcess, http: aiohttp.ClientSession, pair: tuple[User, User, str]
+) -> None:
+    """Integers beyond 64 bits in queries, bodies and frames: a 4xx/clamp, never a 500."""
+    a, _, cid = pair
+    base = shared_server.url
+    bad = []
+    for path in (
+        f"/v1/conversations/{cid}/messages?after={HUGE}",
+        f"/v1/conversations/{cid}/messages?before={HUGE}",
+        f"/v1/conversations/{cid}/messages?limit={HUGE}",
+        f"/v1/conversations?limit={HUGE}",
+        f"/v1/conversations?before={HUGE}",
+        f"/v1/events?since={HUGE}&timeout=0",
+        f"/v1/events?timeout={HUGE}",
+        f"/v1/events?since=-{HUGE}&timeout=0",
+    ):
+        try:
+            r = await call(http, "GET", base + path, token=a.token)
+        except AssertionError as exc:
+            bad.append((path, str(exc)[-90:]))
+            continue
+        if r.status not in (200, 400, 410, 422):
+            bad.append((path, r.status))
+    for body in (f'{{"seq": {HUGE}}}', f'{{"seq": -{HUGE}}}'):
+        try:
+            r = await call(
+                http, "POST", f"{base}/v1/conversations/{cid}/read", token=a.token, data=body
+            )
+        except AssertionError as exc:
+            bad.append((body, str(exc)[-90:]))
+            continue
+        if r.status not in (204, 400, 422):
+            bad.append((body, r.status))
+    ws, _ = await ws_open(http, base, a.token)
+    try:
+        for frame in (
+            f'{{"type": "delivered", "conversation_id": "{cid}", "seq": {HUGE}}}',
+            f'{{"type": "read", "conversation_id": "{cid}", "seq": {HUGE}}}',
+            f'{{"type": "sync", "since": {HUGE}}}',
+        ):
+            await ws.send_str(frame)
+            await ws.send_str('{"type": "ping"}')
+            try:
+                while (f := await recv(ws))["type"] != "pong":
+                    if f["type"] not in ("error", "receipt"):
+                        bad.append((frame, f))
+            except AssertionError as exc:  # closed instead of answering
+                bad.append((frame, str(exc)[:220]))
+                break
+    finally:
+        await ws.close()
+    # and `?since=` on the WebSocket URL: refused before the upgrade, or an error frame
+    try:
+        ws = await http.ws_connect(
+            ws_url(base, since=int(HUGE)), headers={"Authorization": f"Bearer {a.token}"}
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        if exc.status not in (400, 410, 422):
+            bad.append(("ws ?since=HUGE", exc.status))
+    else:
+        try:
+            first = await recv(ws)
+            while first["type"] == "ready":
+                first = await recv(ws)
+            if first["type"] != "error":
+                bad.append(("ws ?since=HUGE", first))
+        except AssertionError as exc:
+            bad.append(("ws ?since=HUGE", str(exc)[:220]))
+        finally:
+            await ws.close()
+    assert not bad, "\n".join(map(str, bad))

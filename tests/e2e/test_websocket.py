@@ -327,6 +327,8 @@ async def test_delivered_and_read_receipts(
         rec2, _ = await recv_until(wa, is_type("receipt"))
         assert rec2["status"] == "read" and rec2["seq"] == seq and rec2["user_id"] == b.user_id
         assert rec2["cursor"] > rec["cursor"]
+        own2, _ = await recv_until(wb, is_type("receipt"))
+        assert own2 == rec2, (own2, rec2)  # same logged event, same cursor
         # going backwards is a no-op: no receipt
         await send_frame(wb, {"type": "delivered", "conversation_id": cid, "seq": 0})
         await send_frame(wb, {"type": "read", "conversation_id": cid, "seq": seq})
