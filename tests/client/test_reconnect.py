@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 
 from parley.client import Ack, Disconnected, Message, ParleyClient
@@ -43,10 +44,12 @@ async def test_kill_restart_while_two_clients_chat(tmp_path: Path, make_client: 
         await lb.wait_until(lambda log: log.disconnected() >= 1)
         burst("while-down", 10)
         assert alice.pending_sends > 0 and bob.pending_sends > 0
+        resent_before = alice.resent + bob.resent
 
         await asyncio.to_thread(server.start)
         await la.wait_until(lambda log: log.reconnected() >= 1)
         await lb.wait_until(lambda log: log.reconnected() >= 1)
+        assert alice.resent + bob.resent > resent_before
         burst("after", 10)
 
         acks = await asyncio.wait_for(asyncio.gather(*sent.values()), 60)
@@ -110,5 +113,34 @@ async def test_unacked_send_is_resent_with_same_client_msg_id(
                 (3, "third"),
             ]
         assert [m.seq for m in await _history(bob, conv)] == [1, 2, 3]
+    finally:
+        server.stop()
+
+
+async def test_silent_server_is_detected_by_keepalive(
+    tmp_path: Path, make_client: MakeClient
+) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        alice = await make_client(server, "alice", ping_interval=0.2, pong_timeout=0.5)
+        bob = await make_client(server, "bob")
+        conv = (await alice.create_direct(bob.user_id or "")).conversation_id
+        la = EventLog(alice)
+        assert server.proc is not None
+        # A frozen server keeps the TCP connection open but answers nothing:
+        # only the keepalive ping can tell.
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            await la.wait_until(
+                lambda log: any(
+                    isinstance(e, Disconnected) and "ping" in e.reason for e in log.events
+                )
+            )
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        assert alice.pings_sent >= 1
+        await la.wait_until(lambda log: log.reconnected() >= 1)
+        ack = await asyncio.wait_for(alice.send(conv, "still here"), 20)
+        await la.wait_until(lambda log: any(m.seq == ack.seq for m in log.messages(conv)))
     finally:
         server.stop()

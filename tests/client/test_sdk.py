@@ -10,8 +10,10 @@ from parley.client import (
     Connected,
     ParleyClient,
     ReceiptEvent,
+    Resync,
     SeqSet,
     SessionRevoked,
+    TypingEvent,
 )
 from parley.protocol.errors import Conflict, NotFound, TooLarge, Unauthorized
 from tests.client.conftest import PASSWORD, EventLog, MakeClient, unique
@@ -198,3 +200,42 @@ async def test_logout_ends_the_socket(
     assert isinstance(la.error, SessionRevoked)
     with pytest.raises(SessionRevoked):
         await alice.list_conversations()
+
+
+async def test_read_and_typing_over_the_socket(
+    shared_server: ServerProcess, make_client: MakeClient
+) -> None:
+    alice = await make_client(shared_server, "alice")
+    bob = await make_client(shared_server, "bob")
+    conv = (await alice.create_direct(bob.user_id or "")).conversation_id
+    la = EventLog(alice)
+    for i in range(3):
+        await asyncio.wait_for(alice.send(conv, f"m{i}"), 10)
+    bob.read(conv, 3)
+    await la.wait_until(
+        lambda log: any(
+            isinstance(e, ReceiptEvent) and (e.user_id, e.status, e.seq) == (bob.user_id, "read", 3)
+            for e in log.events
+        )
+    )
+    bob.typing(conv)
+    await la.wait_until(
+        lambda log: any(isinstance(e, TypingEvent) and e.user_id == bob.user_id for e in log.events)
+    )
+
+
+async def test_cursor_unknown_to_server_resyncs(
+    shared_server: ServerProcess, make_client: MakeClient
+) -> None:
+    alice = await make_client(shared_server, "alice")
+    bob = await make_client(shared_server, "bob")
+    conv = (await alice.create_direct(bob.user_id or "")).conversation_id
+    lb = EventLog(bob)
+    # A cursor the server never issued (e.g. state kept across a data wipe).
+    bob.force_reconnect(since=10**9)
+    await lb.wait_until(lambda log: log.count(Resync) >= 1)
+    # Sent while Bob resynchronises: resuming where the refusing socket's
+    # `ready` stood, he still gets it.
+    ack = await asyncio.wait_for(alice.send(conv, "after resync"), 10)
+    await lb.wait_until(lambda log: log.reconnected() >= 2)
+    await lb.wait_until(lambda log: any(m.seq == ack.seq for m in log.messages(conv)))

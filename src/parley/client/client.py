@@ -143,6 +143,7 @@ class _Conn:
     out: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     last_rx: float = 0.0
     abort: asyncio.Event = field(default_factory=asyncio.Event)
+    ready_cursor: int = 0
 
 
 class _Stop:
@@ -170,6 +171,16 @@ def error_from_response(status: int, body: bytes, retry_after: str | None = None
         return exc
     cls = SessionRevoked if status == 401 else _ERROR_CLASSES.get(status, ParleyError)
     return cls(message, code=code, status=status)
+
+
+def _decode(data: bytes, as_type: type[T]) -> T:
+    """Decode an answer; one the SDK does not understand is a `ParleyError`, not a crash."""
+    try:
+        return msgspec.json.decode(data, type=as_type)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ParleyError(
+            f"unexpected answer from the server: {exc}", code="bad_response", status=502
+        ) from None
 
 
 class ParleyClient:
@@ -214,6 +225,10 @@ class ParleyClient:
         self.delivered_frames_sent = 0
         #: Count of successful reconnections after the first connect.
         self.reconnects = 0
+        #: Count of send frames written again on a new socket (same client_msg_id).
+        self.resent = 0
+        #: Count of keepalive pings written on idle sockets.
+        self.pings_sent = 0
 
         self._session: aiohttp.ClientSession | None = None
         self._cursor: int | None = None
@@ -294,7 +309,7 @@ class ParleyClient:
             return payload
 
     async def _get(self, path: str, type_: type[T], params: dict[str, str] | None = None) -> T:
-        return msgspec.json.decode(await self._request("GET", path, params=params), type=type_)
+        return _decode(await self._request("GET", path, params=params), type_)
 
     # --- accounts and sessions ----------------------------------------------
 
@@ -306,7 +321,7 @@ class ParleyClient:
         if display_name is not None:
             body["display_name"] = display_name
         data = await self._request("POST", "/v1/accounts", body=body, auth=False)
-        return msgspec.json.decode(data, type=models.User)
+        return _decode(data, models.User)
 
     async def login(
         self, username: str, password: str, device_name: str | None = None
@@ -316,7 +331,7 @@ class ParleyClient:
         if device_name is not None:
             body["device_name"] = device_name
         data = await self._request("POST", "/v1/sessions", body=body, auth=False)
-        session = msgspec.json.decode(data, type=models.Session)
+        session = _decode(data, models.Session)
         self.token, self.user_id, self.device_id = (
             session.token,
             session.user_id,
@@ -346,14 +361,14 @@ class ParleyClient:
 
     async def contacts(self) -> list[dict[str, Any]]:
         """Contacts with their presence, as the server returns them."""
-        data = msgspec.json.decode(await self._request("GET", "/v1/contacts"))
+        data = _decode(await self._request("GET", "/v1/contacts"), dict[str, Any])
         contacts: list[dict[str, Any]] = data["contacts"]
         return contacts
 
     async def presence(self, user_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """`{user_id: {"status", "last_seen"}}` for the given users."""
         params = {"user_ids": ",".join(user_ids)}
-        data = msgspec.json.decode(await self._request("GET", "/v1/presence", params=params))
+        data = _decode(await self._request("GET", "/v1/presence", params=params), dict[str, Any])
         presence: dict[str, dict[str, Any]] = data["presence"]
         return presence
 
@@ -364,12 +379,12 @@ class ParleyClient:
         data = await self._request(
             "POST", "/v1/conversations", body={"type": "direct", "user_id": user_id}
         )
-        return msgspec.json.decode(data, type=models.Conversation)
+        return _decode(data, models.Conversation)
 
     async def create_group(self, title: str, member_ids: Iterable[str]) -> models.Conversation:
         body = {"type": "group", "title": title, "member_ids": list(member_ids)}
         data = await self._request("POST", "/v1/conversations", body=body)
-        return msgspec.json.decode(data, type=models.Conversation)
+        return _decode(data, models.Conversation)
 
     async def get_conversation(self, conversation_id: str) -> models.Conversation:
         return await self._get(f"/v1/conversations/{conversation_id}", models.Conversation)
@@ -430,7 +445,7 @@ class ParleyClient:
         data = await self._request(
             "POST", f"/v1/conversations/{conversation_id}/messages", body=payload
         )
-        return msgspec.json.decode(data, type=models.SendResult).message
+        return _decode(data, models.SendResult).message
 
     async def mark_read(self, conversation_id: str, seq: int) -> None:
         """Move the read watermark over HTTP (it never moves backwards)."""
@@ -610,11 +625,12 @@ class ParleyClient:
         self.user_id, self.device_id = frame.user_id, frame.device_id
         if self._cursor is None:
             self._cursor = frame.cursor
-        conn = _Conn(ws, last_rx=asyncio.get_running_loop().time())
+        conn = _Conn(ws, last_rx=asyncio.get_running_loop().time(), ready_cursor=frame.cursor)
         # Everything not acknowledged goes out again, in the original order,
         # before any new send can be queued behind it.
         for p in self._pending.values():
             conn.out.put_nowait(p.frame)
+            self.resent += 1
         for conv, seq in self._delivered_sent.items():
             if seq > self._delivered_confirmed.get(conv, 0):
                 conn.out.put_nowait(_delivered_frame(conv, seq))
@@ -662,8 +678,9 @@ class ParleyClient:
                     self.reconnects += 1
                     break
 
-    def _resync(self) -> None:
-        self._cursor = None
+    def _resync(self, resume_at: int | None = None) -> None:
+        """Give up the cursor the server refused; resume at `resume_at`, else at its current."""
+        self._cursor = resume_at
         self._queue.put_nowait(Resync())
 
     def _backoff(self, attempt: int) -> float:
@@ -722,6 +739,7 @@ class ParleyClient:
                 continue
             sent_at = loop.time()
             conn.out.put_nowait(_PING)
+            self.pings_sent += 1
             await asyncio.sleep(self.pong_timeout)
             if conn.last_rx < sent_at:
                 return "no answer to ping"
@@ -778,7 +796,9 @@ class ParleyClient:
 
     def _on_error(self, frame: ErrorFrame) -> None:
         if frame.code == "cursor_expired":
-            self._resync()
+            # The refusing socket's `ready` carried the server's cursor at that
+            # moment: resuming there leaves no gap after the application's resync.
+            self._resync(self._conn.ready_cursor if self._conn is not None else None)
             self.force_reconnect()
             return
         ref = frame.ref
