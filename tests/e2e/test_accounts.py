@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import pytest
@@ -215,3 +216,25 @@ async def test_users_by_id_and_username(
         http, "GET", f"{base}/v1/users", token=a.token, params={"username": uname()}
     )
     assert_err(missing2, 404, "not_found")
+
+
+async def test_sigterm_shuts_down_cleanly_and_keeps_data(
+    server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    base = server.url
+    u = await new_user(http, base)
+    ws, _ = await ws_open(http, base, u.token)
+    try:
+        t0 = time.monotonic()
+        await asyncio.to_thread(server.stop)  # SIGTERM, wait up to 15 s, else kill -9
+        assert server.proc is not None
+        assert server.proc.returncode == 0, (server.proc.returncode, server.output())
+        assert time.monotonic() - t0 < 15
+        # the open socket was closed by the server, not left hanging
+        code, _ = await recv_close(ws, within=5)
+        assert code is not None
+    finally:
+        await ws.close()
+    await asyncio.to_thread(server.start)
+    r = await call(http, "GET", f"{base}/v1/users/{u.user_id}", token=u.token)
+    assert r.status == 200, r

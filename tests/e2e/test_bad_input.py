@@ -7,6 +7,7 @@ and stays healthy for everyone else.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -15,6 +16,7 @@ import pytest
 from tests.e2e.wire import (
     User,
     assert_err,
+    assert_error_shape,
     call,
     direct,
     new_users,
@@ -124,6 +126,21 @@ async def test_http_body_over_128k_is_413(
     big_acct = '{"username": "abcdef", "password": "' + "p" * (130 * 1024) + '"}'
     r = await call(http, "POST", shared_server.url + "/v1/accounts", data=big_acct)
     assert_err(r, 413, "request_too_large")
+
+    # the same without a Content-Length (chunked upload)
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"client_msg_id": "chunked", "body": "'
+        for _ in range(20):
+            yield b"x" * 8192
+        yield b'"}'
+
+    async with http.post(
+        f"{shared_server.url}/v1/conversations/{cid}/messages",
+        data=chunks(),
+        headers={"Authorization": f"Bearer {a.token}", "Content-Type": "application/json"},
+    ) as resp:
+        assert resp.status == 413, (resp.status, await resp.text())
+        assert_error_shape(await resp.json(), "request_too_large")
     # a 16 KiB body JSON-escaped sixfold still fits under 128 KiB
     escaped = '{"client_msg_id": "esc", "body": "' + "\\u0001" * 16384 + '"}'
     assert len(escaped) < 128 * 1024
@@ -172,7 +189,9 @@ async def test_wrong_method_is_405_json(
 async def test_garbage_everywhere_never_500(
     shared_server: ServerProcess, http: aiohttp.ClientSession, pair: tuple[User, User, str]
 ) -> None:
-    """Many odd inputs on every endpoint: each answer is a well-formed success or error."""
+    """Many odd inputs on every endpoint: each answer is a well-formed success or error.
+
+    (Integers beyond 64 bits have their own test below.)"""
     a, b, cid = pair
     base = shared_server.url
     paths = [
@@ -189,11 +208,9 @@ async def test_garbage_everywhere_never_500(
         ("GET", "/v1/conversations/%2e%2e"),
         ("POST", f"/v1/conversations/{cid}/messages"),
         ("GET", f"/v1/conversations/{cid}/messages?before=-1"),
-        ("GET", f"/v1/conversations/{cid}/messages?after=99999999999999999999999"),
         ("GET", f"/v1/conversations/{cid}/messages?limit=1e3"),
         ("POST", f"/v1/conversations/{cid}/read"),
         ("GET", "/v1/events?since=-1"),
-        ("GET", "/v1/events?since=99999999999999999999999999"),
         ("GET", "/v1/events?timeout=NaN"),
         ("GET", "/v1/presence?user_ids="),
         ("GET", "/v1/presence"),

@@ -171,6 +171,29 @@ async def test_since_replays_then_live_without_gap_or_duplicate(
         await ws.close()
 
 
+async def test_ready_cursor_then_replay_then_live(
+    shared_server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    base = shared_server.url
+    a, b = await new_users(http, base, 2)
+    cid = (await direct(http, a, b))["conversation_id"]
+    c0 = await cursor_now(http, b)
+    sent = [await send_ok(http, a, cid, f"m{i}") for i in range(3)]
+    now = await cursor_now(http, b)
+    ws, ready = await ws_open(http, base, b.token, since=c0)
+    try:
+        # `ready` carries the current cursor; the replay (c0, now] follows it
+        assert ready is not None and ready["cursor"] == now, (ready, c0, now)
+        got, seen = await recv_n(ws, 3, is_msg_event(cid))
+        assert [f["message"] for f in got] == sent
+        assert all(c0 < f["cursor"] <= now for f in seen if "cursor" in f), seen
+        live = await send_ok(http, a, cid, "live")
+        f, _ = await recv_until(ws, is_msg_event(cid))
+        assert f["message"] == live and f["cursor"] > now
+    finally:
+        await ws.close()
+
+
 async def test_sync_frame_replays(
     shared_server: ServerProcess, http: aiohttp.ClientSession
 ) -> None:
