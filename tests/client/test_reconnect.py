@@ -34,23 +34,24 @@ async def test_kill_restart_while_two_clients_chat(tmp_path: Path, make_client: 
                     body = f"{who}-{tag}-{i}"
                     sent[body] = client.send(conv, body)
 
-        burst("before", 20)
-        # Kill mid-stream: some sends acknowledged, others in flight or unsent.
-        first = list(sent.values())[:6]
-        await asyncio.wait_for(asyncio.gather(*first), 20)
-        burst("racing", 20)
-        server.kill()
-        await la.wait_until(lambda log: log.disconnected() >= 1)
-        await lb.wait_until(lambda log: log.disconnected() >= 1)
-        burst("while-down", 10)
-        assert alice.pending_sends > 0 and bob.pending_sends > 0
-        resent_before = alice.resent + bob.resent
+        for cycle in (1, 2):
+            burst(f"before{cycle}", 20)
+            # Kill mid-stream: some sends acknowledged, others in flight or unsent.
+            first = list(sent.values())[-40:-34]
+            await asyncio.wait_for(asyncio.gather(*first), 20)
+            burst(f"racing{cycle}", 20)
+            server.kill()
+            await la.wait_until(lambda log, c=cycle: log.disconnected() >= c)
+            await lb.wait_until(lambda log, c=cycle: log.disconnected() >= c)
+            burst(f"down{cycle}", 10)
+            assert alice.pending_sends > 0 and bob.pending_sends > 0
+            resent_before = alice.resent + bob.resent
 
-        await asyncio.to_thread(server.start)
-        await la.wait_until(lambda log: log.reconnected() >= 1)
-        await lb.wait_until(lambda log: log.reconnected() >= 1)
-        assert alice.resent + bob.resent > resent_before
-        burst("after", 10)
+            await asyncio.to_thread(server.start)
+            await la.wait_until(lambda log, c=cycle: log.reconnected() >= c)
+            await lb.wait_until(lambda log, c=cycle: log.reconnected() >= c)
+            assert alice.resent + bob.resent > resent_before
+            burst(f"after{cycle}", 10)
 
         acks = await asyncio.wait_for(asyncio.gather(*sent.values()), 60)
         total = len(sent)
