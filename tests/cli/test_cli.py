@@ -126,3 +126,41 @@ async def test_unreachable_server_is_a_clean_error(tmp_path: Path) -> None:
         env, "--server", "http://127.0.0.1:9", "register", "someone", "--password", PASSWORD
     )
     assert "cannot reach the server" in failed(result)
+
+
+async def test_listen_survives_a_server_restart(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    listen: asyncio.subprocess.Process | None = None
+    try:
+        env = _env(server, tmp_path / "home")
+        for name in ("ann", "ben"):
+            ok(await parley(env, "register", name, "--password", PASSWORD))
+            ok(await parley(env, "--profile", name, "login", name, "--password", PASSWORD))
+        listen = await asyncio.create_subprocess_exec(
+            *PARLEY,
+            "--profile",
+            "ben",
+            "listen",
+            "--count",
+            "2",
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert listen.stderr is not None and listen.stdout is not None
+        assert (await _readline(listen.stderr)).startswith("listening as ben")
+        assert ok(await parley(env, "--profile", "ann", "send", "ben", "one")).strip() == "1"
+        assert await _next_message(listen.stdout) == "[ann] ann: one"
+
+        server.kill()
+        assert (await _readline(listen.stderr)).startswith("connection lost")
+        await asyncio.to_thread(server.start)
+        # Whether the listener is back yet or not, it gets this (live or replayed).
+        assert ok(await parley(env, "--profile", "ann", "send", "ben", "two")).strip() == "2"
+        assert await _next_message(listen.stdout) == "[ann] ann: two"
+        assert await asyncio.wait_for(listen.wait(), 20) == 0
+    finally:
+        if listen is not None and listen.returncode is None:
+            listen.kill()
+            await listen.wait()
+        server.stop()

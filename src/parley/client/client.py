@@ -492,7 +492,8 @@ class ParleyClient:
     async def events(self) -> AsyncIterator[ClientEvent]:
         """Every event once, in stream order, until `close()` (or a revoked session raises).
 
-        Meant for one consumer: events are handed out, not broadcast.
+        Meant for one consumer: events are handed out, not broadcast. They are
+        buffered without bound until consumed, so keep consuming.
         """
         while True:
             item = await self._queue.get()
@@ -539,7 +540,10 @@ class ParleyClient:
         return future
 
     def read(self, conversation_id: str, seq: int) -> None:
-        """Move the read watermark over the socket (fire and forget)."""
+        """Move the read watermark over the socket (fire and forget).
+
+        Dropped while the socket is down; `mark_read` is the call that reports failure.
+        """
         self._write(msgspec.json.encode(ReadFrame(conversation_id=conversation_id, seq=seq)))
 
     def typing(self, conversation_id: str) -> None:
