@@ -176,6 +176,19 @@ async def test_list_ordered_by_recent_activity(
         assert got[:2] == [ab, ac], got
     assert got[2] == ad, got
 
+    # before=<ms>: only conversations whose activity is older
+    if m3["sent_at"] > m2["sent_at"]:
+        r = await call(
+            http,
+            "GET",
+            f"{base}/v1/conversations",
+            token=a.token,
+            params={"before": str(m3["sent_at"])},
+        )
+        assert r.status == 200, r
+        older = [x["conversation_id"] for x in r.body["conversations"]]
+        assert ab not in older and older[:1] == [ac], older
+
     # limit applies to the most recent
     r = await call(http, "GET", f"{base}/v1/conversations", token=a.token, params={"limit": "1"})
     assert r.status == 200, r

@@ -11,13 +11,16 @@ import aiohttp
 from tests.e2e.wire import (
     User,
     all_events,
+    another_device,
     assert_err,
     call,
     cursor_now,
     direct,
     new_users,
     poll,
+    recv,
     send_ok,
+    ws_open,
 )
 from tests.harness import ServerProcess
 
@@ -30,8 +33,7 @@ async def test_no_since_returns_at_once_with_cursor(
     r = await poll(http, a)
     assert time.monotonic() - t0 < 3, "no `since`: must return at once"
     assert r.status == 200, r
-    assert r.body["events"] == []
-    assert isinstance(r.body["next"], int) and r.body["next"] >= 0
+    assert r.body == {"events": [], "next": 0}, "a new user's current cursor is 0"
     # even with a long timeout, no `since` does not wait
     t0 = time.monotonic()
     r2 = await poll(http, a, wait=30)
@@ -72,6 +74,10 @@ async def test_since_returns_events_after(
     assert [e["message"]["message_id"] for e in r2.body["events"] if e["type"] == "message"] == [
         m2["message_id"]
     ]
+    # every device of the user sees the same log in the same order
+    a2 = await another_device(http, a)
+    same = await poll(http, a2, since=start, wait=0)
+    assert same.body == r.body
     # caught up: empty, cursor unchanged
     r3 = await poll(http, a, since=r.body["next"], wait=0)
     assert r3.body == {"events": [], "next": r.body["next"]}
@@ -232,3 +238,77 @@ async def test_rest_state_plus_events_equals_fresh_fetch(
         apply(state, ev)
     fresh = await fetch_state(http, a)
     assert state == fresh
+
+
+async def test_http_read_reaches_the_sender_as_receipt(
+    shared_server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    base = shared_server.url
+    a, b = await new_users(http, base, 2)
+    cid = (await direct(http, a, b))["conversation_id"]
+    m = await send_ok(http, a, cid, "read me")
+    since = await cursor_now(http, a)
+    r = await call(
+        http, "POST", f"{base}/v1/conversations/{cid}/read", token=b.token, json_body={"seq": 1}
+    )
+    assert r.status == 204, r
+    got = await poll(http, a, since=since, wait=10)
+    receipts = [e for e in got.body["events"] if e["type"] == "receipt"]
+    assert receipts == [
+        {
+            "type": "receipt",
+            "cursor": receipts[0]["cursor"] if receipts else None,
+            "conversation_id": cid,
+            "user_id": b.user_id,
+            "status": "read",
+            "seq": m["seq"],
+        }
+    ], got
+
+
+async def test_snapshot_during_activity_plus_ws_events_equals_fresh_fetch(
+    shared_server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    """The messenger invariant with the race a real client has: the snapshot is taken
+    while others keep writing; events from the cursor read *before* the snapshot are
+    applied (idempotently) and the result equals a fresh fetch."""
+    base = shared_server.url
+    a, b, c = await new_users(http, base, 3)
+    ab = (await direct(http, a, b))["conversation_id"]
+    await send_ok(http, b, ab, "hello")
+    cursor = await cursor_now(http, a)
+
+    async def activity() -> None:
+        for i in range(15):
+            await send_ok(http, b, ab, f"b{i}")
+            if i == 5:
+                ac = (await direct(http, c, a))["conversation_id"]
+                await send_ok(http, c, ac, "hi from c")
+            if i % 4 == 0:
+                r = await call(
+                    http,
+                    "POST",
+                    f"{base}/v1/conversations/{ab}/read",
+                    token=a.token,
+                    json_body={"seq": i + 1},
+                )
+                assert r.status == 204, r
+
+    task = asyncio.create_task(activity())
+    state = await fetch_state(http, a)
+    await task
+    target = await cursor_now(http, a)
+    assert target > cursor
+    ws, _ = await ws_open(http, base, a.token, since=cursor)
+    try:
+        seen = 0
+        while seen < target:
+            ev = await recv(ws)
+            if "cursor" not in ev:
+                continue  # live-only (presence/typing)
+            assert ev["cursor"] > seen, ev
+            seen = ev["cursor"]
+            apply(state, ev)
+    finally:
+        await ws.close()
+    assert state == await fetch_state(http, a)

@@ -453,13 +453,17 @@ async def test_oversized_frame_closes_1009(
     base = shared_server.url
     a, b = await new_users(http, base, 2)
     cid = (await direct(http, a, b))["conversation_id"]
+    other, _ = await ws_open(http, base, a.token)  # the same user's other socket
     ws, _ = await ws_open(http, base, a.token)
     try:
         await send_frame(ws, send_f(cid, "y" * (64 * 1024 + 10)))
         code, frames = await recv_close(ws)
         assert code == 1009, (code, frames)
+        # one socket's bad input does not affect another
+        await ping_pong(other)
     finally:
         await ws.close()
+        await other.close()
     # the server is fine, and nothing was stored
     hist = await history(http, b, cid)
     assert hist.status == 200 and hist.body["messages"] == [], hist
