@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -130,6 +131,21 @@ async def test_origin_checked_on_handshake(
     await ws.close()
     ws, _ = await ws_open(http, base, a.token, headers={"Origin": base})
     await ws.close()
+
+
+async def test_allowed_origins_flag(
+    make_server: Callable[..., ServerProcess], http: aiohttp.ClientSession
+) -> None:
+    srv = make_server("--allowed-origins", "https://app.example,https://other.example")
+    (a,) = await new_users(http, srv.url, 1)
+    for origin in ("https://app.example", "https://other.example"):
+        ws, ready = await ws_open(http, srv.url, a.token, headers={"Origin": origin})
+        assert ready is not None
+        await ws.close()
+    r = await raw_handshake(
+        http, srv.url, {"Authorization": f"Bearer {a.token}", "Origin": "https://evil.example"}
+    )
+    assert r.status == 403, r
 
 
 # --- replay then live -----------------------------------------------------------
