@@ -146,13 +146,14 @@ async def test_token_required_and_checked(
     assert ok.status == 200, ok
 
 
+@pytest.mark.parametrize("auth_frame", [False, True], ids=["header-auth", "frame-auth"])
 async def test_logout_kills_token_and_websocket(
-    shared_server: ServerProcess, http: aiohttp.ClientSession
+    shared_server: ServerProcess, http: aiohttp.ClientSession, auth_frame: bool
 ) -> None:
     base = shared_server.url
     a1 = await new_user(http, base)
     a2 = await another_device(http, a1)
-    ws1, ready1 = await ws_open(http, base, a1.token)
+    ws1, ready1 = await ws_open(http, base, a1.token, auth_frame=auth_frame)
     ws2, ready2 = await ws_open(http, base, a2.token)
     assert ready1 is not None and ready1["device_id"] == a1.device_id
     assert ready2 is not None and ready2["device_id"] == a2.device_id
