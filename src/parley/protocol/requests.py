@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -92,6 +92,4 @@ def check_body_size(body: str) -> None:
     """Enforce the contract's 16 KiB limit on an encoded message body (413)."""
     # Cheap bound first: a str of n characters encodes to at most 4n bytes.
     if len(body) * 4 > limits.MAX_BODY_BYTES and len(body.encode()) > limits.MAX_BODY_BYTES:
-        raise TooLarge(
-            f"message body exceeds {limits.MAX_BODY_BYTES} bytes", code="body_too_large"
-        )
+        raise TooLarge(f"message body exceeds {limits.MAX_BODY_BYTES} bytes", code="body_too_large")

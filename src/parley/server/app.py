@@ -1,0 +1,93 @@
+"""The composition root: the one place where backends and services are wired."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from parley.bus.memory import MemoryBus
+from parley.protocol import frames, limits
+from parley.server.config import ServerConfig
+from parley.server.http import HttpApi, error_middleware
+from parley.server.hub import Hub
+from parley.server.ws import WsEndpoint
+from parley.services.accounts import AccountService, Principal, make_hasher
+from parley.services.messaging import MessagingService
+from parley.storage.sqlite import SqliteStore
+
+log = logging.getLogger("parley")
+
+
+def build_app(config: ServerConfig) -> web.Application:
+    store = SqliteStore(config.data_dir / "parley.db")
+    bus = MemoryBus()
+    hub = Hub(bus)
+    accounts = AccountService(
+        store,
+        make_hasher(config.argon2_memory_kib, config.argon2_time_cost),
+        login_failures_burst=config.login_failures_burst,
+    )
+    messaging = MessagingService(store, bus)
+
+    def close_sockets(principal: Principal) -> None:
+        hub.close_device(
+            principal.user_id, principal.device_id, frames.CLOSE_UNAUTHORIZED, "logged out"
+        )
+
+    accounts.on_logout = close_sockets
+    ws = WsEndpoint(config, accounts, messaging, hub)
+    api = HttpApi(config, accounts, messaging, hub, ws)
+
+    app = web.Application(
+        client_max_size=limits.MAX_HTTP_BODY_BYTES, middlewares=[error_middleware]
+    )
+    api.install(app)
+
+    async def start(_: web.Application) -> None:
+        await store.open()
+
+    async def shutdown(_: web.Application) -> None:
+        hub.close_all(frames.CLOSE_GOING_AWAY, "server shutting down")
+
+    async def stop(_: web.Application) -> None:
+        await store.close()
+        await bus.close()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(shutdown)
+    app.on_cleanup.append(stop)
+    return app
+
+
+async def run(config: ServerConfig) -> None:
+    """Serve until SIGINT or SIGTERM, then close sockets and finish pending writes."""
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=4096, reuse_address=True)
+    await site.start()
+    log.info(
+        "parley listening on http://%s:%d (data in %s)", config.host, config.port, config.data_dir
+    )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+
+
+def serve(config: ServerConfig) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        asyncio.run(run(config))
+    else:
+        uvloop.run(run(config))

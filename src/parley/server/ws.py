@@ -1,0 +1,355 @@
+"""The WebSocket edge: `GET /v1/ws`.
+
+One `WsConnection` per socket. Frames from a socket are served in order;
+sends are pipelined (the next frame is read while earlier sends commit), and
+since the store completes writes in order, acks come back in send order.
+Outbound frames go through a bounded queue drained by one writer task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import deque
+from typing import Any, Literal
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from parley.protocol import frames, limits
+from parley.protocol.errors import (
+    Forbidden,
+    InvalidRequest,
+    ParleyError,
+    RateLimited,
+    Unauthorized,
+)
+from parley.protocol.frames import (
+    AckFrame,
+    AuthFrame,
+    ClientFrame,
+    DeliveredFrame,
+    ErrorFrame,
+    PingFrame,
+    PongFrame,
+    ReadFrame,
+    ReadyFrame,
+    SendFrame,
+    SyncFrame,
+    TypingFrame,
+)
+from parley.protocol.models import TypingEvent
+from parley.server.config import ServerConfig
+from parley.server.hub import Hub
+from parley.server.params import bearer_token, since_param
+from parley.services.accounts import AccountService, Principal
+from parley.services.messaging import EVENTS_PAGE, MessagingService
+from parley.services.ratelimit import TokenBucket
+from parley.storage.base import SendOutcome
+
+log = logging.getLogger(__name__)
+_encode = msgspec.json.Encoder().encode
+_PONG = _encode(PongFrame())
+
+#: A reader this far behind is cut off (4008) instead of growing server memory;
+#: it reconnects with `?since=` and loses nothing.
+MAX_OUTBOX = 10_000
+#: All frames from one socket: far above any real client, low enough to stop a flood.
+FRAME_RATE, FRAME_BURST = 1000.0, 5000.0
+#: Typing notices per socket: a keystroke storm becomes one notice a second.
+TYPING_RATE, TYPING_BURST = 1.0, 3.0
+
+
+class WsConnection:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        principal: Principal,
+        messaging: MessagingService,
+        config: ServerConfig,
+    ) -> None:
+        self.ws = ws
+        self.user_id = principal.user_id
+        self.device_id = principal.device_id
+        self.messaging = messaging
+        self._outbox: deque[bytes] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+        #: While replaying, live events wait here so none is lost or doubled.
+        self._held: list[tuple[int | None, bytes]] | None = []
+        self._last_cursor = 0
+        self._frames = TokenBucket(FRAME_RATE, FRAME_BURST)
+        rate = config.send_rate_limit
+        # Bursts of ten seconds' worth: the default 100/s admits bursts of 1000.
+        self._sends = TokenBucket(rate, rate * 10)
+        self._typing = TokenBucket(TYPING_RATE, TYPING_BURST)
+        self._closing = False
+        self._close_task: asyncio.Task[None] | None = None
+
+    # outbound ----------------------------------------------------------------------
+    def deliver(self, cursor: int | None, payload: bytes) -> None:
+        if self._held is not None:
+            self._held.append((cursor, payload))
+            return
+        if cursor is not None:
+            if cursor <= self._last_cursor:
+                return  # already sent during the replay
+            self._last_cursor = cursor
+        self.push(payload)
+
+    def push(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if len(self._outbox) >= MAX_OUTBOX:
+            self.close_soon(frames.CLOSE_TOO_SLOW, "reading too slowly; reconnect with since")
+            return
+        self._outbox.append(data)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._outbox:
+                await self.ws.send_frame(self._outbox.popleft(), WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError):
+            self._outbox.clear()
+        finally:
+            self._flusher = None
+
+    def send_error(self, exc: ParleyError, ref: str | None) -> None:
+        self.push(_encode(ErrorFrame(code=exc.code, message=exc.message, ref=ref)))
+
+    def close_soon(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+
+        async def close() -> None:
+            if self._flusher is not None:
+                with contextlib.suppress(Exception):
+                    await self._flusher
+            await self.ws.close(code=code, message=reason.encode())
+
+        self._close_task = asyncio.get_running_loop().create_task(close())
+
+    async def finish(self) -> None:
+        """Let a pending close (with its code) complete before the handler returns."""
+        if self._close_task is not None:
+            await self._close_task
+
+    # replay -----------------------------------------------------------------------------
+    async def replay(self, since: int) -> None:
+        """Send every logged event after `since`, then whatever arrived meanwhile."""
+        self._held = self._held if self._held is not None else []
+        self._last_cursor = since
+        while True:
+            events = await self.messaging.events_after(self.user_id, self._last_cursor)
+            for event in events:
+                self._last_cursor = event.cursor
+                self.push(_encode(event))
+            if len(events) < EVENTS_PAGE:
+                break
+        self.go_live()
+
+    def go_live(self) -> None:
+        held, self._held = self._held or [], None
+        for cursor, payload in held:
+            self.deliver(cursor, payload)
+
+    def start_after(self, cursor: int) -> None:
+        """Start live delivery after `cursor`, without replay."""
+        self._last_cursor = cursor
+        self.go_live()
+
+    # inbound ------------------------------------------------------------------------------
+    async def serve(self) -> None:
+        async for msg in self.ws:
+            if msg.type is WSMsgType.TEXT:
+                await self.handle(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                self.send_error(InvalidRequest("frames must be JSON text"), None)
+            elif msg.type is WSMsgType.ERROR:
+                break
+            if self._closing:
+                break
+
+    async def handle(self, data: str) -> None:
+        if not self._frames.take():
+            self.rate_limited(None)
+            return
+        ref: str | None = None
+        try:
+            raw = frames.decode_json(data)
+            ref = frames.frame_ref(raw)
+            frame = frames.parse_client_frame(raw)
+            await self.dispatch(frame, ref)
+        except ParleyError as exc:
+            self.send_error(exc, ref)
+
+    def rate_limited(self, ref: str | None) -> None:
+        self.send_error(RateLimited("too many frames; slow down"), ref)
+        self.close_soon(frames.CLOSE_RATE_LIMITED, "rate limited")
+
+    async def dispatch(self, frame: ClientFrame, ref: str | None) -> None:
+        if isinstance(frame, SendFrame):
+            if not self._sends.take():
+                self.rate_limited(ref)
+                return
+            self.messaging.send(
+                self.user_id,
+                frame.conversation_id,
+                frame.client_msg_id,
+                frame.body,
+                on_durable=functools.partial(self._acked, ref=ref),
+            )
+        elif isinstance(frame, DeliveredFrame | ReadFrame):
+            status: Literal["delivered", "read"] = (
+                "delivered" if isinstance(frame, DeliveredFrame) else "read"
+            )
+            self.messaging.mark(
+                self.user_id, frame.conversation_id, status, frame.seq
+            ).add_done_callback(self._report_failure)
+        elif isinstance(frame, PingFrame):
+            self.push(_PONG)
+        elif isinstance(frame, TypingFrame):
+            record = await self.messaging.is_member(self.user_id, frame.conversation_id)
+            if self._typing.take():
+                others = [u for u in record.members if u != self.user_id]
+                self.messaging.publish_live(
+                    others,
+                    TypingEvent(conversation_id=frame.conversation_id, user_id=self.user_id),
+                )
+        elif isinstance(frame, SyncFrame):
+            self._held = []
+            await self.replay(frame.since)
+        elif isinstance(frame, AuthFrame):
+            raise InvalidRequest("already authenticated")
+
+    def _acked(self, future: asyncio.Future[Any], ref: str | None) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            self.send_error(_as_parley_error(exc), ref)
+            return
+        outcome: SendOutcome = future.result()
+        m = outcome.message
+        self.push(
+            _encode(
+                AckFrame(
+                    client_msg_id=m.client_msg_id,
+                    conversation_id=m.conversation_id,
+                    seq=m.seq,
+                    message_id=m.message_id,
+                    sent_at=m.sent_at,
+                )
+            )
+        )
+
+    def _report_failure(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.send_error(_as_parley_error(future.exception()), None)
+
+
+def _as_parley_error(exc: BaseException | None) -> ParleyError:
+    if isinstance(exc, ParleyError):
+        return exc
+    log.error("unexpected failure serving a frame", exc_info=exc)
+    return ParleyError("internal error", code="internal", status=500)
+
+
+class WsEndpoint:
+    """The handshake: origin, authentication, limits, then hand over to a connection."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        accounts: AccountService,
+        messaging: MessagingService,
+        hub: Hub,
+    ) -> None:
+        self.config = config
+        self.accounts = accounts
+        self.messaging = messaging
+        self.hub = hub
+
+    def check_origin(self, request: web.Request) -> None:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return  # not a browser: SDKs and CLIs send none
+        origin = origin.rstrip("/")
+        own = {f"{scheme}://{request.host}" for scheme in ("http", "https")}
+        if origin not in own and origin not in self.config.allowed_origins:
+            raise Forbidden("origin not allowed", code="origin_not_allowed")
+
+    def check_capacity(self, user_id: str) -> None:
+        if self.hub.count(user_id) >= self.config.max_connections_per_user:
+            raise RateLimited("too many open connections for this user")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.check_origin(request)
+        since = since_param(request)
+        principal: Principal | None = None
+        header = request.headers.get("Authorization")
+        if header is not None:
+            principal = await self.accounts.authenticate(bearer_token(header))
+            self.check_capacity(principal.user_id)
+        ws = web.WebSocketResponse(max_msg_size=limits.MAX_FRAME_BYTES, autoping=True)
+        await ws.prepare(request)
+        if principal is None:
+            principal = await self._auth_by_frame(ws)
+            if principal is None:
+                return ws
+            try:
+                self.check_capacity(principal.user_id)
+            except RateLimited as exc:
+                await _refuse(ws, exc, frames.CLOSE_RATE_LIMITED)
+                return ws
+        conn = WsConnection(ws, principal, self.messaging, self.config)
+        self.hub.attach(conn)
+        try:
+            cursor = await self.messaging.cursor(principal.user_id)
+            conn.push(
+                _encode(
+                    ReadyFrame(
+                        user_id=principal.user_id, device_id=principal.device_id, cursor=cursor
+                    )
+                )
+            )
+            if since is None:
+                conn.start_after(cursor)
+            else:
+                await conn.replay(since)
+            await conn.serve()
+        except ParleyError as exc:
+            conn.send_error(exc, None)
+            conn.close_soon(1008, exc.message)
+        finally:
+            self.hub.detach(conn)
+        await conn.finish()
+        return ws
+
+    async def _auth_by_frame(self, ws: web.WebSocketResponse) -> Principal | None:
+        try:
+            msg = await ws.receive(timeout=limits.AUTH_FRAME_TIMEOUT)
+        except TimeoutError:
+            await ws.close(code=frames.CLOSE_AUTH_TIMEOUT, message=b"authenticate first")
+            return None
+        if msg.type is not WSMsgType.TEXT:
+            await ws.close(code=frames.CLOSE_UNAUTHORIZED, message=b"authenticate first")
+            return None
+        try:
+            frame = frames.parse_client_frame(frames.decode_json(msg.data))
+            if not isinstance(frame, AuthFrame):
+                raise Unauthorized("the first frame must be auth")
+            return await self.accounts.authenticate(frame.token)
+        except ParleyError as exc:
+            await _refuse(ws, exc, frames.CLOSE_UNAUTHORIZED)
+            return None
+
+
+async def _refuse(ws: web.WebSocketResponse, exc: ParleyError, code: int) -> None:
+    """Tell the client why in an error frame, then close with `code`."""
+    await ws.send_frame(_encode(ErrorFrame(code=exc.code, message=exc.message)), WSMsgType.TEXT)
+    await ws.close(code=code, message=exc.message.encode()[:120])

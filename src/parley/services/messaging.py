@@ -1,0 +1,139 @@
+"""Conversations, messages, receipts and event logs: the messenger's rules.
+
+Everything durable goes through the store; everything live goes through the
+bus, and only after the store has committed it ("publish after commit").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+
+from parley.bus.base import Bus
+from parley.protocol.errors import CursorExpired, InvalidRequest, NotFound
+from parley.protocol.models import Conversation, Event, LoggedEvent, Message
+from parley.services.clock import now_ms
+from parley.services.ids import new_id
+from parley.storage.base import Committed, ConversationRecord, SendOutcome, Store
+
+_encode = msgspec.json.Encoder().encode
+
+#: Most events one long-poll answer or one replay read returns at a time.
+EVENTS_PAGE = 500
+
+
+class MessagingService:
+    def __init__(self, store: Store, bus: Bus) -> None:
+        self._store = store
+        self._bus = bus
+
+    # publishing -----------------------------------------------------------------
+    def _publish_committed(self, future: asyncio.Future[Any]) -> None:
+        """Done-callback on a store write: publish its events, in commit order."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        outcome: Committed = future.result()
+        for user_id, event in outcome.events:
+            self._bus.publish(user_id, event.cursor, _encode(event))
+
+    def publish_live(self, user_ids: list[str], event: Event) -> None:
+        """Send a live-only event (presence, typing): no cursor, not logged."""
+        payload = _encode(event)
+        for user_id in user_ids:
+            self._bus.publish(user_id, None, payload)
+
+    def _after_commit(
+        self,
+        future: asyncio.Future[Any],
+        first: Callable[[asyncio.Future[Any]], None] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Run `first` (e.g. the sender's ack), then publish; return a future the
+        caller may cancel or time out without losing the publication."""
+        if first is not None:
+            future.add_done_callback(first)
+        future.add_done_callback(self._publish_committed)
+        return asyncio.shield(future)
+
+    # conversations ------------------------------------------------------------------
+    async def open_direct(self, user_id: str, peer_id: str) -> tuple[Conversation, bool]:
+        if peer_id == user_id:
+            raise InvalidRequest("a direct conversation needs another user")
+        outcome = await self._after_commit(
+            self._store.open_direct(new_id("c"), user_id, peer_id, now_ms())
+        )
+        return outcome.conversation.view_for(user_id), outcome.created
+
+    async def _member_record(self, user_id: str, conversation_id: str) -> ConversationRecord:
+        record = await self._store.get_conversation(conversation_id)
+        if record is None or user_id not in record.members:
+            # Same answer whether it does not exist or is not yours: existence is not revealed.
+            raise NotFound("no such conversation")
+        return record
+
+    async def conversation(self, user_id: str, conversation_id: str) -> Conversation:
+        return (await self._member_record(user_id, conversation_id)).view_for(user_id)
+
+    async def conversations(
+        self, user_id: str, limit: int, before: int | None
+    ) -> list[Conversation]:
+        records = await self._store.list_conversations(user_id, limit, before)
+        return [r.view_for(user_id) for r in records]
+
+    async def is_member(self, user_id: str, conversation_id: str) -> ConversationRecord:
+        return await self._member_record(user_id, conversation_id)
+
+    # messages --------------------------------------------------------------------------
+    def send(
+        self,
+        user_id: str,
+        conversation_id: str,
+        client_msg_id: str,
+        body: str,
+        on_durable: Callable[[asyncio.Future[Any]], None] | None = None,
+    ) -> asyncio.Future[SendOutcome]:
+        """Store and fan out a message. `on_durable` runs once it is durable and
+        before any event about it is published (so an ack precedes the echo)."""
+        future = self._store.append_message(
+            conversation_id, user_id, client_msg_id, body, new_id("m"), now_ms()
+        )
+        return self._after_commit(future, on_durable)
+
+    async def history(
+        self,
+        user_id: str,
+        conversation_id: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+    ) -> tuple[list[Message], bool]:
+        await self._member_record(user_id, conversation_id)
+        return await self._store.get_messages(
+            conversation_id, before=before, after=after, limit=limit
+        )
+
+    def mark(
+        self,
+        user_id: str,
+        conversation_id: str,
+        status: Literal["delivered", "read"],
+        seq: int,
+    ) -> asyncio.Future[Committed]:
+        """Move a watermark; members get a receipt event once it is durable."""
+        return self._after_commit(self._store.move_watermark(conversation_id, user_id, status, seq))
+
+    # event log ---------------------------------------------------------------------------
+    async def cursor(self, user_id: str) -> int:
+        return await self._store.current_cursor(user_id)
+
+    async def events_after(
+        self, user_id: str, since: int, limit: int = EVENTS_PAGE
+    ) -> list[LoggedEvent]:
+        """Logged events after `since`; `CursorExpired` if this log never had `since`."""
+        events = await self._store.read_events(user_id, since, limit)
+        if not events and since > 0 and since > await self._store.current_cursor(user_id):
+            raise CursorExpired("cursor is not from this log; re-read state and start over")
+        return events

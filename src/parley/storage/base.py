@@ -1,0 +1,208 @@
+"""The storage interface the services depend on, and the records it returns.
+
+Contract for every implementation:
+- A write completes only once its effect is durable (survives `kill -9`
+  and, by default, power loss). Writes submitted in an order commit in that
+  order, and their futures complete in that order, on the event loop; so
+  callbacks added to the futures of logged writes (which return the future
+  itself) run in commit order, which is how events are published in log order.
+- Writes that create log entries (messages, receipts, conversation changes)
+  append them to every affected user's event log in the same transaction, so
+  the log and the data never disagree. Callers publish those events only
+  after the write completes ("publish after commit").
+- `seq` per conversation and `cursor` per user are assigned by the store:
+  gapless, never reused, even across failed and retried commits.
+- A write that cannot be committed is retried in order with backoff, never
+  dropped; callers may stop waiting (and answer 503) while it is retried.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from dataclasses import dataclass, field
+from typing import Literal
+
+from parley.protocol.models import Conversation, LoggedEvent, Member, Message
+
+
+@dataclass(slots=True)
+class UserRecord:
+    user_id: str
+    username: str
+    display_name: str
+    password_hash: str
+    created_at: int
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    token_hash: str
+    user_id: str
+    device_id: str
+    device_name: str
+    created_at: int
+
+
+@dataclass(slots=True)
+class MemberRecord:
+    user_id: str
+    role: Literal["admin", "member"]
+    delivered_seq: int = 0
+    read_seq: int = 0
+    unread: int = 0
+
+
+@dataclass(slots=True)
+class ConversationRecord:
+    conversation_id: str
+    type: Literal["direct", "group"]
+    title: str | None
+    created_at: int
+    last_seq: int
+    last_activity: int
+    members: dict[str, MemberRecord] = field(default_factory=dict)
+    last_message: Message | None = None
+
+    def view_for(self, user_id: str) -> Conversation:
+        """The contract's conversation object as `user_id` sees it (its own unread count)."""
+        me = self.members.get(user_id)
+        return Conversation(
+            conversation_id=self.conversation_id,
+            type=self.type,
+            title=self.title,
+            created_at=self.created_at,
+            members=[
+                Member(
+                    user_id=m.user_id,
+                    role=m.role,
+                    delivered_seq=m.delivered_seq,
+                    read_seq=m.read_seq,
+                )
+                for m in self.members.values()
+            ],
+            last_seq=self.last_seq,
+            last_message=self.last_message,
+            unread=me.unread if me else 0,
+        )
+
+
+#: One entry appended to one user's event log.
+UserEvent = tuple[str, LoggedEvent]
+
+
+@dataclass(slots=True)
+class Committed:
+    """What a logged write did: its events, to publish once the write has completed."""
+
+    events: list[UserEvent]
+
+
+@dataclass(slots=True)
+class SendOutcome(Committed):
+    message: Message
+    #: True when the client_msg_id had been seen: nothing new was stored or logged.
+    duplicate: bool
+
+
+@dataclass(slots=True)
+class DirectOutcome(Committed):
+    conversation: ConversationRecord
+    created: bool
+
+
+class Store(abc.ABC):
+    """Durable state: accounts, sessions, conversations, messages, event logs."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish every submitted write, then release resources."""
+
+    # accounts -------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_user(self, user: UserRecord) -> None:
+        """Raises `Conflict(code="username_taken")` if the username exists."""
+
+    @abc.abstractmethod
+    async def get_user(self, user_id: str) -> UserRecord | None: ...
+
+    @abc.abstractmethod
+    async def get_user_by_username(self, username: str) -> UserRecord | None: ...
+
+    @abc.abstractmethod
+    async def create_session(self, session: SessionRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def get_session(self, token_hash: str) -> SessionRecord | None: ...
+
+    @abc.abstractmethod
+    async def delete_session(self, token_hash: str) -> None: ...
+
+    # conversations ---------------------------------------------------------
+    @abc.abstractmethod
+    def open_direct(
+        self, conversation_id: str, user_a: str, user_b: str, now: int
+    ) -> asyncio.Future[DirectOutcome]:
+        """Create the pair's direct conversation, or return the existing one.
+
+        `conversation_id` is used only when creating. Creation logs a
+        `conversation` event for both users.
+        """
+
+    @abc.abstractmethod
+    async def get_conversation(self, conversation_id: str) -> ConversationRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_conversations(
+        self, user_id: str, limit: int, before: int | None
+    ) -> list[ConversationRecord]:
+        """The user's conversations, most recent activity first, activity < `before`."""
+
+    # messages --------------------------------------------------------------
+    @abc.abstractmethod
+    def append_message(
+        self,
+        conversation_id: str,
+        sender_id: str,
+        client_msg_id: str,
+        body: str,
+        message_id: str,
+        now: int,
+    ) -> asyncio.Future[SendOutcome]:
+        """Store a message with the next seq and log it for every member.
+
+        Idempotent on (conversation, sender, client_msg_id): a repeat returns
+        the original with `duplicate=True`. Raises `NotFound` if the sender is
+        not a member (or the conversation does not exist).
+        """
+
+    @abc.abstractmethod
+    async def get_messages(
+        self, conversation_id: str, *, before: int | None, after: int | None, limit: int
+    ) -> tuple[list[Message], bool]:
+        """One page in ascending seq and whether more lie beyond it (see the contract)."""
+
+    @abc.abstractmethod
+    def move_watermark(
+        self,
+        conversation_id: str,
+        user_id: str,
+        status: Literal["delivered", "read"],
+        seq: int,
+    ) -> asyncio.Future[Committed]:
+        """Raise a member's watermark (never lower it) and log a receipt for every member.
+
+        A seq above `last_seq` is clamped; one at or below the watermark logs nothing.
+        """
+
+    # event logs -------------------------------------------------------------
+    @abc.abstractmethod
+    async def read_events(self, user_id: str, after: int, limit: int) -> list[LoggedEvent]:
+        """The user's logged events with cursor > `after`, ascending, at most `limit`."""
+
+    @abc.abstractmethod
+    async def current_cursor(self, user_id: str) -> int:
+        """The cursor of the user's newest committed event (0 when none)."""

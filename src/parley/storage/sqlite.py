@@ -1,0 +1,717 @@
+"""SQLite storage: the embedded default.
+
+One writer thread owns every write. It takes whatever has queued up since its
+last commit and commits it as one transaction (group commit), so a commit's
+fsync (about 1.4 ms here with synchronous=FULL) is paid once per batch, not
+once per message. Sequence numbers and cursors are assigned by that thread from
+counters it alone owns, inside the transaction that stores them; a failed
+commit discards the counters and reloads them from the database, so a retry
+assigns the same numbers and no gap appears.
+
+Reads run on a small pool of reader threads, each with its own connection;
+WAL lets them read committed data while the writer works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+import msgspec
+
+from parley.protocol.errors import Conflict, NotFound, ParleyError, Unavailable
+from parley.protocol.models import (
+    Conversation,
+    ConversationEvent,
+    LoggedEvent,
+    Message,
+    MessageEvent,
+    ReceiptEvent,
+)
+from parley.storage.base import (
+    Committed,
+    ConversationRecord,
+    DirectOutcome,
+    MemberRecord,
+    SendOutcome,
+    SessionRecord,
+    Store,
+    UserEvent,
+    UserRecord,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    display_name TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    device_name TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conversations (
+    conversation_id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    title TEXT,
+    created_at INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    last_activity INTEGER NOT NULL,
+    direct_key TEXT UNIQUE
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (
+    conversation_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    delivered_seq INTEGER NOT NULL DEFAULT 0,
+    read_seq INTEGER NOT NULL DEFAULT 0,
+    unread INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (conversation_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, conversation_id);
+CREATE TABLE IF NOT EXISTS messages (
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    sender_id TEXT NOT NULL,
+    client_msg_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency
+    ON messages (conversation_id, sender_id, client_msg_id);
+CREATE TABLE IF NOT EXISTS events (
+    user_id TEXT NOT NULL,
+    cursor INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    payload BLOB,
+    PRIMARY KEY (user_id, cursor)
+) WITHOUT ROWID;
+"""
+
+#: Largest batch one commit takes: bounds the time a batch holds the writer
+#: and the latency of the last write in it.
+MAX_BATCH = 2048
+#: Writes waiting beyond this are refused with 503 instead of growing memory
+#: without bound while storage is failing.
+MAX_QUEUED = 200_000
+#: Backoff between retries of a failed commit: 10 ms doubling to 2 s.
+RETRY_FIRST, RETRY_MAX = 0.01, 2.0
+READER_THREADS = 4
+
+_MESSAGE_COLUMNS = "conversation_id, seq, message_id, sender_id, client_msg_id, body, sent_at"
+_receipt_payload = msgspec.json.Encoder()
+_conversation_decoder = msgspec.json.Decoder(Conversation)
+_receipt_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit survives power loss, which is what "acked means durable" promises.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
+    if readonly:
+        conn.execute("PRAGMA query_only=1")
+    return conn
+
+
+def _message(row: Sequence[Any]) -> Message:
+    return Message(
+        conversation_id=row[0],
+        seq=row[1],
+        message_id=row[2],
+        sender_id=row[3],
+        client_msg_id=row[4],
+        body=row[5],
+        sent_at=row[6],
+    )
+
+
+class _Op:
+    """One queued write: a function run on the writer thread, and its future."""
+
+    __slots__ = ("args", "fn", "future")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any]):
+        self.fn, self.args, self.future = fn, args, future
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._queued = 0
+        self._writer: threading.Thread | None = None
+        self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="sqlite-read")
+        self._local = threading.local()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Owned by the writer thread alone; reloaded from disk after a failed commit.
+        self._wconn: sqlite3.Connection | None = None
+        self._convs: dict[str, ConversationRecord | None] = {}
+        self._cursors: dict[str, int] = {}
+        #: Called on the writer thread with (batch size, commit seconds); for metrics.
+        self.on_commit: Callable[[int, float], None] | None = None
+
+    # lifecycle --------------------------------------------------------------
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._loop = asyncio.get_running_loop()
+        conn = _connect(self.path, readonly=False)
+        conn.executescript(SCHEMA)
+        self._wconn = conn
+        self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
+        self._writer.start()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+            self._writer = None
+        self._readers.shutdown(wait=True)
+        if self._wconn is not None:
+            self._wconn.close()
+
+    # plumbing ----------------------------------------------------------------
+    def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        assert self._loop is not None, "store not open"
+        if self._queued >= MAX_QUEUED:
+            raise Unavailable("storage is falling behind; retry shortly")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._queued += 1
+        self._queue.put(_Op(fn, args, future))
+        return future
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        def run() -> T:
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = _connect(self.path, readonly=True)
+            return fn(conn, *args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Op]) -> None:
+        """Run a batch in one transaction; retry the whole batch until it commits."""
+        conn = self._wconn
+        assert conn is not None
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            results: list[tuple[bool, Any]] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for op in batch:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        results.append((True, op.fn(conn, *op.args)))
+                        conn.execute("RELEASE op")
+                    except ParleyError as exc:
+                        # A refusal of this one write: undo it, keep the batch.
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        results.append((False, exc))
+                    except sqlite3.IntegrityError:
+                        # A write that can never succeed (a bug, not an outage): refuse
+                        # it alone; its counters may be half-moved, so reload them.
+                        log.exception("write refused by a constraint")
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        self._forget_state()
+                        results.append((False, Unavailable("write refused", code="internal")))
+                conn.execute("COMMIT")
+                break
+            except sqlite3.Error:
+                attempt += 1
+                log.exception("commit failed (attempt %d); retrying", attempt)
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._forget_state()
+                time.sleep(min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1)))
+        if self.on_commit is not None:
+            self.on_commit(len(batch), time.perf_counter() - started)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._resolve, batch, results)
+
+    def _resolve(self, batch: list[_Op], results: list[tuple[bool, Any]]) -> None:
+        """On the loop: complete futures in commit order (their callbacks run in that order)."""
+        self._queued -= len(batch)
+        for op, (ok, value) in zip(batch, results, strict=True):
+            if op.future.done():
+                continue
+            if ok:
+                op.future.set_result(value)
+            else:
+                op.future.set_exception(value)
+
+    def _forget_state(self) -> None:
+        self._convs.clear()
+        self._cursors.clear()
+
+    # writer-side state ---------------------------------------------------------
+    def _conv(self, conn: sqlite3.Connection, conversation_id: str) -> ConversationRecord | None:
+        if conversation_id not in self._convs:
+            self._convs[conversation_id] = _load_conversation(conn, conversation_id)
+        return self._convs[conversation_id]
+
+    def _log(
+        self,
+        conn: sqlite3.Connection,
+        user_ids: Iterable[str],
+        kind: str,
+        conversation_id: str,
+        seq: int,
+        payload: bytes | None,
+    ) -> list[tuple[str, int]]:
+        """Append one entry to each user's log; returns (user, cursor) pairs."""
+        rows = []
+        for user_id in user_ids:
+            cursor = self._cursors.get(user_id)
+            if cursor is None:
+                cursor = _max_cursor(conn, user_id)
+            cursor += 1
+            self._cursors[user_id] = cursor
+            rows.append((user_id, cursor, kind, conversation_id, seq, payload))
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+        return [(r[0], r[1]) for r in rows]
+
+    # accounts -------------------------------------------------------------------
+    async def create_user(self, user: UserRecord) -> None:
+        await self._submit(self._w_create_user, user)
+
+    @staticmethod
+    def _w_create_user(conn: sqlite3.Connection, user: UserRecord) -> None:
+        if conn.execute("SELECT 1 FROM users WHERE username = ?", (user.username,)).fetchone():
+            raise Conflict("that username is taken", code="username_taken")
+        conn.execute(
+            "INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+            (user.user_id, user.username, user.display_name, user.password_hash, user.created_at),
+        )
+
+    async def get_user(self, user_id: str) -> UserRecord | None:
+        return await self._read(_select_user, "user_id", user_id)
+
+    async def get_user_by_username(self, username: str) -> UserRecord | None:
+        return await self._read(_select_user, "username", username)
+
+    async def create_session(self, session: SessionRecord) -> None:
+        await self._submit(_insert_session, session)
+
+    async def get_session(self, token_hash: str) -> SessionRecord | None:
+        return await self._read(_select_session, token_hash)
+
+    async def delete_session(self, token_hash: str) -> None:
+        await self._submit(_delete_session, token_hash)
+
+    # conversations ----------------------------------------------------------------
+    def open_direct(
+        self, conversation_id: str, user_a: str, user_b: str, now: int
+    ) -> asyncio.Future[DirectOutcome]:
+        return self._submit(self._w_open_direct, conversation_id, user_a, user_b, now)
+
+    def _w_open_direct(
+        self, conn: sqlite3.Connection, conversation_id: str, user_a: str, user_b: str, now: int
+    ) -> DirectOutcome:
+        key = ":".join(sorted((user_a, user_b)))
+        row = conn.execute(
+            "SELECT conversation_id FROM conversations WHERE direct_key = ?", (key,)
+        ).fetchone()
+        if row:
+            existing = self._conv(conn, row[0])
+            assert existing is not None
+            return DirectOutcome(events=[], conversation=existing, created=False)
+        conn.execute(
+            "INSERT INTO conversations VALUES (?, 'direct', NULL, ?, 0, ?, ?)",
+            (conversation_id, now, now, key),
+        )
+        conn.executemany(
+            "INSERT INTO members (conversation_id, user_id, role) VALUES (?, ?, 'member')",
+            [(conversation_id, user_a), (conversation_id, user_b)],
+        )
+        record = ConversationRecord(
+            conversation_id=conversation_id,
+            type="direct",
+            title=None,
+            created_at=now,
+            last_seq=0,
+            last_activity=now,
+            members={u: MemberRecord(user_id=u, role="member") for u in (user_a, user_b)},
+        )
+        self._convs[conversation_id] = record
+        return DirectOutcome(
+            events=self._log_conversation(conn, record, record.members),
+            conversation=record,
+            created=True,
+        )
+
+    def _log_conversation(
+        self, conn: sqlite3.Connection, record: ConversationRecord, user_ids: Iterable[str]
+    ) -> list[UserEvent]:
+        events: list[UserEvent] = []
+        for user_id in user_ids:
+            view = record.view_for(user_id)
+            payload = msgspec.json.encode(view)
+            ((_, cursor),) = self._log(
+                conn, (user_id,), "conversation", record.conversation_id, 0, payload
+            )
+            events.append((user_id, ConversationEvent(cursor=cursor, conversation=view)))
+        return events
+
+    async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
+        return await self._read(_load_conversation, conversation_id)
+
+    async def list_conversations(
+        self, user_id: str, limit: int, before: int | None
+    ) -> list[ConversationRecord]:
+        return await self._read(_list_conversations, user_id, limit, before)
+
+    # messages ------------------------------------------------------------------------
+    def append_message(
+        self,
+        conversation_id: str,
+        sender_id: str,
+        client_msg_id: str,
+        body: str,
+        message_id: str,
+        now: int,
+    ) -> asyncio.Future[SendOutcome]:
+        return self._submit(
+            self._w_append_message, conversation_id, sender_id, client_msg_id, body, message_id, now
+        )
+
+    def _w_append_message(
+        self,
+        conn: sqlite3.Connection,
+        conversation_id: str,
+        sender_id: str,
+        client_msg_id: str,
+        body: str,
+        message_id: str,
+        now: int,
+    ) -> SendOutcome:
+        conv = self._conv(conn, conversation_id)
+        if conv is None or sender_id not in conv.members:
+            raise NotFound("no such conversation")
+        row = conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+            " WHERE conversation_id = ? AND sender_id = ? AND client_msg_id = ?",
+            (conversation_id, sender_id, client_msg_id),
+        ).fetchone()
+        if row:
+            return SendOutcome(events=[], message=_message(row), duplicate=True)
+        seq = conv.last_seq + 1
+        message = Message(
+            conversation_id=conversation_id,
+            seq=seq,
+            message_id=message_id,
+            sender_id=sender_id,
+            client_msg_id=client_msg_id,
+            body=body,
+            sent_at=now,
+        )
+        conn.execute(
+            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (conversation_id, seq, message_id, sender_id, client_msg_id, body, now),
+        )
+        conn.execute(
+            "UPDATE conversations SET last_seq = ?, last_activity = ? WHERE conversation_id = ?",
+            (seq, now, conversation_id),
+        )
+        # Others have one more unread; the sender has read everything up to its own message.
+        conn.execute(
+            "UPDATE members SET unread = unread + 1 WHERE conversation_id = ? AND user_id != ?",
+            (conversation_id, sender_id),
+        )
+        conn.execute(
+            "UPDATE members SET delivered_seq = ?, read_seq = ?, unread = 0"
+            " WHERE conversation_id = ? AND user_id = ?",
+            (seq, seq, conversation_id, sender_id),
+        )
+        conv.last_seq, conv.last_activity, conv.last_message = seq, now, message
+        for member in conv.members.values():
+            if member.user_id == sender_id:
+                member.delivered_seq = member.read_seq = seq
+                member.unread = 0
+            else:
+                member.unread += 1
+        logged = self._log(conn, conv.members, "message", conversation_id, seq, None)
+        return SendOutcome(
+            events=[(u, MessageEvent(cursor=c, message=message)) for u, c in logged],
+            message=message,
+            duplicate=False,
+        )
+
+    async def get_messages(
+        self, conversation_id: str, *, before: int | None, after: int | None, limit: int
+    ) -> tuple[list[Message], bool]:
+        return await self._read(_select_messages, conversation_id, before, after, limit)
+
+    def move_watermark(
+        self,
+        conversation_id: str,
+        user_id: str,
+        status: Literal["delivered", "read"],
+        seq: int,
+    ) -> asyncio.Future[Committed]:
+        return self._submit(self._w_move_watermark, conversation_id, user_id, status, seq)
+
+    def _w_move_watermark(
+        self,
+        conn: sqlite3.Connection,
+        conversation_id: str,
+        user_id: str,
+        status: Literal["delivered", "read"],
+        seq: int,
+    ) -> Committed:
+        conv = self._conv(conn, conversation_id)
+        member = conv.members.get(user_id) if conv else None
+        if conv is None or member is None:
+            raise NotFound("no such conversation")
+        seq = min(seq, conv.last_seq)
+        if status == "delivered":
+            if seq <= member.delivered_seq:
+                return Committed(events=[])
+            member.delivered_seq = seq
+        else:
+            if seq <= member.read_seq:
+                return Committed(events=[])
+            member.read_seq = seq
+            member.delivered_seq = max(member.delivered_seq, seq)
+            (member.unread,) = conn.execute(
+                "SELECT count(*) FROM messages"
+                " WHERE conversation_id = ? AND seq > ? AND sender_id != ?",
+                (conversation_id, seq, user_id),
+            ).fetchone()
+        conn.execute(
+            "UPDATE members SET delivered_seq = ?, read_seq = ?, unread = ?"
+            " WHERE conversation_id = ? AND user_id = ?",
+            (member.delivered_seq, member.read_seq, member.unread, conversation_id, user_id),
+        )
+        payload = _receipt_payload.encode({"user_id": user_id, "status": status})
+        logged = self._log(conn, conv.members, "receipt", conversation_id, seq, payload)
+        return Committed(
+            events=[
+                (
+                    u,
+                    ReceiptEvent(
+                        cursor=c,
+                        conversation_id=conversation_id,
+                        user_id=user_id,
+                        status=status,
+                        seq=seq,
+                    ),
+                )
+                for u, c in logged
+            ]
+        )
+
+    # event logs ---------------------------------------------------------------------
+    async def read_events(self, user_id: str, after: int, limit: int) -> list[LoggedEvent]:
+        return await self._read(_select_events, user_id, after, limit)
+
+    async def current_cursor(self, user_id: str) -> int:
+        return await self._read(_max_cursor, user_id)
+
+
+# --- queries run on reader threads (and a few on the writer) -------------------------
+
+
+def _select_user(conn: sqlite3.Connection, column: str, value: str) -> UserRecord | None:
+    assert column in ("user_id", "username")
+    row = conn.execute(
+        "SELECT user_id, username, display_name, password_hash, created_at"
+        f" FROM users WHERE {column} = ?",
+        (value,),
+    ).fetchone()
+    return UserRecord(*row) if row else None
+
+
+def _insert_session(conn: sqlite3.Connection, s: SessionRecord) -> None:
+    conn.execute(
+        "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
+        (s.token_hash, s.user_id, s.device_id, s.device_name, s.created_at),
+    )
+
+
+def _select_session(conn: sqlite3.Connection, token_hash: str) -> SessionRecord | None:
+    row = conn.execute(
+        "SELECT token_hash, user_id, device_id, device_name, created_at"
+        " FROM sessions WHERE token_hash = ?",
+        (token_hash,),
+    ).fetchone()
+    return SessionRecord(*row) if row else None
+
+
+def _delete_session(conn: sqlite3.Connection, token_hash: str) -> None:
+    conn.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+
+
+def _max_cursor(conn: sqlite3.Connection, user_id: str) -> int:
+    row = conn.execute("SELECT max(cursor) FROM events WHERE user_id = ?", (user_id,)).fetchone()
+    return int(row[0] or 0)
+
+
+def _load_members(
+    conn: sqlite3.Connection, conversation_ids: list[str]
+) -> dict[str, dict[str, MemberRecord]]:
+    out: dict[str, dict[str, MemberRecord]] = {c: {} for c in conversation_ids}
+    marks = ",".join("?" * len(conversation_ids))
+    for row in conn.execute(
+        "SELECT conversation_id, user_id, role, delivered_seq, read_seq, unread FROM members"
+        f" WHERE conversation_id IN ({marks})",
+        conversation_ids,
+    ):
+        out[row[0]][row[1]] = MemberRecord(*row[1:])
+    return out
+
+
+def _last_message(conn: sqlite3.Connection, conversation_id: str, seq: int) -> Message | None:
+    if seq == 0:
+        return None
+    row = conn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq = ?",
+        (conversation_id, seq),
+    ).fetchone()
+    return _message(row) if row else None
+
+
+def _conversation_from_row(conn: sqlite3.Connection, row: Sequence[Any]) -> ConversationRecord:
+    return ConversationRecord(
+        conversation_id=row[0],
+        type=row[1],
+        title=row[2],
+        created_at=row[3],
+        last_seq=row[4],
+        last_activity=row[5],
+        last_message=_last_message(conn, row[0], row[4]),
+    )
+
+
+_CONVERSATION_COLUMNS = "conversation_id, type, title, created_at, last_seq, last_activity"
+
+
+def _load_conversation(conn: sqlite3.Connection, conversation_id: str) -> ConversationRecord | None:
+    row = conn.execute(
+        f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE conversation_id = ?",
+        (conversation_id,),
+    ).fetchone()
+    if not row:
+        return None
+    record = _conversation_from_row(conn, row)
+    record.members = _load_members(conn, [conversation_id])[conversation_id]
+    return record
+
+
+def _list_conversations(
+    conn: sqlite3.Connection, user_id: str, limit: int, before: int | None
+) -> list[ConversationRecord]:
+    rows = conn.execute(
+        f"SELECT {', '.join('c.' + c for c in _CONVERSATION_COLUMNS.split(', '))}"
+        " FROM members m JOIN conversations c ON c.conversation_id = m.conversation_id"
+        " WHERE m.user_id = ? AND c.last_activity < ?"
+        " ORDER BY c.last_activity DESC, c.conversation_id LIMIT ?",
+        (user_id, before if before is not None else 2**62, limit),
+    ).fetchall()
+    records = [_conversation_from_row(conn, r) for r in rows]
+    if records:
+        members = _load_members(conn, [r.conversation_id for r in records])
+        for record in records:
+            record.members = members[record.conversation_id]
+    return records
+
+
+def _select_messages(
+    conn: sqlite3.Connection,
+    conversation_id: str,
+    before: int | None,
+    after: int | None,
+    limit: int,
+) -> tuple[list[Message], bool]:
+    lo = after if after is not None else -1
+    hi = before if before is not None else 2**62
+    # With only `after`, read upwards from it; otherwise read downwards from the top.
+    ascending = after is not None and before is None
+    rows = conn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+        " WHERE conversation_id = ? AND seq > ? AND seq < ?"
+        f" ORDER BY seq {'ASC' if ascending else 'DESC'} LIMIT ?",
+        (conversation_id, lo, hi, limit + 1),
+    ).fetchall()
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    if not ascending:
+        rows.reverse()
+    return [_message(r) for r in rows], has_more
+
+
+def _select_events(
+    conn: sqlite3.Connection, user_id: str, after: int, limit: int
+) -> list[LoggedEvent]:
+    rows = conn.execute(
+        "SELECT e.cursor, e.kind, e.conversation_id, e.seq, e.payload,"
+        " m.message_id, m.sender_id, m.client_msg_id, m.body, m.sent_at"
+        " FROM events e LEFT JOIN messages m"
+        " ON e.kind = 'message' AND m.conversation_id = e.conversation_id AND m.seq = e.seq"
+        " WHERE e.user_id = ? AND e.cursor > ? ORDER BY e.cursor LIMIT ?",
+        (user_id, after, limit),
+    ).fetchall()
+    events: list[LoggedEvent] = []
+    for cursor, kind, conversation_id, seq, payload, *msg in rows:
+        if kind == "message":
+            events.append(
+                MessageEvent(cursor=cursor, message=_message((conversation_id, seq, *msg)))
+            )
+        elif kind == "receipt":
+            fields = _receipt_decoder.decode(payload)
+            events.append(
+                ReceiptEvent(
+                    cursor=cursor,
+                    conversation_id=conversation_id,
+                    user_id=fields["user_id"],
+                    status=cast(Literal["delivered", "read"], fields["status"]),
+                    seq=seq,
+                )
+            )
+        else:
+            events.append(
+                ConversationEvent(cursor=cursor, conversation=_conversation_decoder.decode(payload))
+            )
+    return events
