@@ -23,3 +23,6 @@ AUTH_FRAME_TIMEOUT = 10.0
 MAX_TITLE_CHARS = 128
 MAX_DISPLAY_NAME_CHARS = 64
 MAX_DEVICE_NAME_CHARS = 64
+#: Largest integer accepted anywhere (seq, cursor, times): SQLite's and
+#: PostgreSQL's signed 64-bit INTEGER/BIGINT.
+MAX_INT = 2**63 - 1

@@ -9,7 +9,8 @@ import msgspec
 from parley.protocol import limits
 from parley.protocol.errors import InvalidRequest, MalformedJSON, TooLarge
 
-Username = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_.\-]{3,32}$")]
+# \Z, not $: `$` also matches before a trailing newline.
+Username = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_.\-]{3,32}\Z")]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
 DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_DISPLAY_NAME_CHARS)]
 DeviceName = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_DEVICE_NAME_CHARS)]
@@ -18,7 +19,7 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 ClientMsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_CLIENT_MSG_ID)]
 # Bytes are checked after decoding (413), characters here: a body is never empty.
 Body = Annotated[str, msgspec.Meta(min_length=1)]
-Seq = Annotated[int, msgspec.Meta(ge=0)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=limits.MAX_INT)]
 
 
 class CreateAccount(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -71,6 +72,8 @@ def decode_json(data: bytes | str) -> Any:
         return msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise MalformedJSON(f"malformed JSON: {exc}") from exc
+    except RecursionError:
+        raise MalformedJSON("JSON nested too deeply") from None
 
 
 def convert(raw: Any, type_: type[T]) -> T:

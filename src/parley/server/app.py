@@ -30,7 +30,7 @@ def build_app(config: ServerConfig) -> web.Application:
         make_hasher(config.argon2_memory_kib, config.argon2_time_cost),
         login_failures_burst=config.login_failures_burst,
     )
-    messaging = MessagingService(store, bus)
+    messaging = MessagingService(store, bus, send_rate=config.send_rate_limit)
 
     def close_sockets(principal: Principal) -> None:
         hub.close_device(

@@ -340,7 +340,7 @@ class HttpApi:
         check_body_size(req.body)
         cid = request.match_info["conversation_id"]
         outcome = await _wait_durable(
-            self.messaging.send(me.user_id, cid, req.client_msg_id, req.body)
+            self.messaging.send(me.user_id, me.device_id, cid, req.client_msg_id, req.body)
         )
         return json_response(SendResult(message=outcome.message), 200 if outcome.duplicate else 201)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from parley.protocol.errors import InvalidRequest, Unauthorized
+from parley.protocol.limits import MAX_INT
 
 
 def bearer_token(header: str | None) -> str:
@@ -28,9 +29,9 @@ def int_param(
         value = int(raw)
     except ValueError:
         raise InvalidRequest(f"{name} must be an integer") from None
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise InvalidRequest(f"{name} must be {bound}")
+    top = MAX_INT if hi is None else hi
+    if not lo <= value <= top:
+        raise InvalidRequest(f"{name} must be between {lo} and {top}")
     return value
 
 

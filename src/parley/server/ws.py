@@ -68,7 +68,6 @@ class WsConnection:
         ws: web.WebSocketResponse,
         principal: Principal,
         messaging: MessagingService,
-        config: ServerConfig,
     ) -> None:
         self.ws = ws
         self.user_id = principal.user_id
@@ -80,9 +79,9 @@ class WsConnection:
         self._held: list[tuple[int | None, bytes]] | None = []
         self._last_cursor = 0
         self._frames = TokenBucket(FRAME_RATE, FRAME_BURST)
-        rate = config.send_rate_limit
-        # Bursts of ten seconds' worth: the default 100/s admits bursts of 1000.
-        self._sends = TokenBucket(rate, rate * 10)
+        #: The newest send in flight: sends complete in order, so once it is
+        #: done every earlier one has been acked too.
+        self._last_send: asyncio.Future[Any] | None = None
         self._typing = TokenBucket(TYPING_RATE, TYPING_BURST)
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
@@ -175,29 +174,31 @@ class WsConnection:
                 break
 
     async def handle(self, data: str) -> None:
-        if not self._frames.take():
-            self.rate_limited(None)
-            return
         ref: str | None = None
         try:
             raw = frames.decode_json(data)
             ref = frames.frame_ref(raw)
+            if not self._frames.take():
+                raise RateLimited("too many frames; slow down")
             frame = frames.parse_client_frame(raw)
             await self.dispatch(frame, ref)
+        except RateLimited as exc:
+            await self.rate_limited(exc, ref)
         except ParleyError as exc:
             self.send_error(exc, ref)
 
-    def rate_limited(self, ref: str | None) -> None:
-        self.send_error(RateLimited("too many frames; slow down"), ref)
+    async def rate_limited(self, exc: RateLimited, ref: str | None) -> None:
+        """Ack what was accepted, then the error frame, then close 4429: in that order."""
+        if self._last_send is not None:
+            await asyncio.wait([self._last_send])
+        self.send_error(exc, ref)
         self.close_soon(frames.CLOSE_RATE_LIMITED, "rate limited")
 
     async def dispatch(self, frame: ClientFrame, ref: str | None) -> None:
         if isinstance(frame, SendFrame):
-            if not self._sends.take():
-                self.rate_limited(ref)
-                return
-            self.messaging.send(
+            self._last_send = self.messaging.send(
                 self.user_id,
+                self.device_id,
                 frame.conversation_id,
                 frame.client_msg_id,
                 frame.body,
@@ -281,7 +282,7 @@ class WsEndpoint:
         origin = origin.rstrip("/")
         own = {f"{scheme}://{request.host}" for scheme in ("http", "https")}
         if origin not in own and origin not in self.config.allowed_origins:
-            raise Forbidden("origin not allowed", code="origin_not_allowed")
+            raise Forbidden("origin not allowed")
 
     def check_capacity(self, user_id: str) -> None:
         if self.hub.count(user_id) >= self.config.max_connections_per_user:
@@ -306,7 +307,7 @@ class WsEndpoint:
             except RateLimited as exc:
                 await _refuse(ws, exc, frames.CLOSE_RATE_LIMITED)
                 return ws
-        conn = WsConnection(ws, principal, self.messaging, self.config)
+        conn = WsConnection(ws, principal, self.messaging)
         self.hub.attach(conn)
         try:
             cursor = await self.messaging.cursor(principal.user_id)

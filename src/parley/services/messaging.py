@@ -13,10 +13,11 @@ from typing import Any, Literal
 import msgspec
 
 from parley.bus.base import Bus
-from parley.protocol.errors import CursorExpired, InvalidRequest, NotFound
+from parley.protocol.errors import CursorExpired, InvalidRequest, NotFound, RateLimited
 from parley.protocol.models import Conversation, Event, LoggedEvent, Message
 from parley.services.clock import now_ms
 from parley.services.ids import new_id
+from parley.services.ratelimit import KeyedLimiter
 from parley.storage.base import Committed, ConversationRecord, SendOutcome, Store
 
 _encode = msgspec.json.Encoder().encode
@@ -26,9 +27,12 @@ EVENTS_PAGE = 500
 
 
 class MessagingService:
-    def __init__(self, store: Store, bus: Bus) -> None:
+    def __init__(self, store: Store, bus: Bus, *, send_rate: float = 0.0) -> None:
         self._store = store
         self._bus = bus
+        # Per device, shared by its HTTP requests and its sockets. Bursts of ten
+        # seconds' worth: the default 100/s admits bursts of 1000. 0: no limit.
+        self._send_limits = KeyedLimiter(send_rate, send_rate * 10)
 
     # publishing -----------------------------------------------------------------
     def _publish_committed(self, future: asyncio.Future[Any]) -> None:
@@ -89,13 +93,18 @@ class MessagingService:
     def send(
         self,
         user_id: str,
+        device_id: str,
         conversation_id: str,
         client_msg_id: str,
         body: str,
         on_durable: Callable[[asyncio.Future[Any]], None] | None = None,
     ) -> asyncio.Future[SendOutcome]:
         """Store and fan out a message. `on_durable` runs once it is durable and
-        before any event about it is published (so an ack precedes the echo)."""
+        before any event about it is published (so an ack precedes the echo).
+        Raises `RateLimited` at once if the device is over its send rate."""
+        bucket = self._send_limits.bucket(device_id)
+        if not bucket.take():
+            raise RateLimited("sending too fast; slow down", retry_after=bucket.retry_after())
         future = self._store.append_message(
             conversation_id, user_id, client_msg_id, body, new_id("m"), now_ms()
         )
