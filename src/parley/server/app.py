@@ -13,6 +13,7 @@ from parley.protocol import frames, limits
 from parley.server.config import ServerConfig
 from parley.server.http import HttpApi, error_middleware
 from parley.server.hub import Hub
+from parley.server.static import install_web
 from parley.server.ws import WsEndpoint
 from parley.services.accounts import AccountService, Principal, make_hasher
 from parley.services.messaging import MessagingService
@@ -45,6 +46,7 @@ def build_app(config: ServerConfig) -> web.Application:
         client_max_size=limits.MAX_HTTP_BODY_BYTES, middlewares=[error_middleware]
     )
     api.install(app)
+    install_web(app)
 
     async def start(_: web.Application) -> None:
         await store.open()
