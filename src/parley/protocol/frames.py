@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from parley.protocol.errors import InvalidRequest, UnknownFrameType
+from parley.protocol.models import PresenceEvent
 from parley.protocol.requests import (
     Body,
     ClientMsgId,
@@ -104,12 +105,15 @@ class ReadyFrame(msgspec.Struct, kw_only=True, tag="ready", tag_field="type"):
     cursor: int
 
 
-class AckFrame(msgspec.Struct, kw_only=True, tag="ack", tag_field="type"):
+class AckFrame(msgspec.Struct, kw_only=True, tag="ack", tag_field="type", omit_defaults=True):
     client_msg_id: str
     conversation_id: str
     seq: int
     message_id: str
     sent_at: int
+    #: Addition to the contract: present when the conversation is direct and the
+    #: peer has no device online, so the client can show "sent, not delivered".
+    peer_presence: PresenceEvent | None = None
 
 
 class ErrorFrame(msgspec.Struct, kw_only=True, tag="error", tag_field="type"):

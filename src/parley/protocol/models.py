@@ -100,8 +100,30 @@ class ConversationList(msgspec.Struct, kw_only=True):
     conversations: list[Conversation]
 
 
-class SendResult(msgspec.Struct, kw_only=True):
+class SendResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     message: Message
+    #: As in the WebSocket ack: the offline peer of a direct conversation.
+    peer_presence: PresenceEvent | None = None
+
+
+class PresenceStatus(msgspec.Struct, kw_only=True):
+    status: Literal["online", "offline", "unknown"]
+    last_seen: int | None
+
+
+class PresenceMap(msgspec.Struct, kw_only=True):
+    presence: dict[str, PresenceStatus]
+
+
+class Contact(msgspec.Struct, kw_only=True):
+    user_id: str
+    username: str
+    display_name: str
+    presence: PresenceStatus
+
+
+class ContactList(msgspec.Struct, kw_only=True):
+    contacts: list[Contact]
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):

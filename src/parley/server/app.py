@@ -9,6 +9,7 @@ import signal
 from aiohttp import web
 
 from parley.bus.memory import MemoryBus
+from parley.presence.memory import MemoryPresence
 from parley.protocol import frames, limits
 from parley.server.config import ServerConfig
 from parley.server.http import HttpApi, error_middleware
@@ -17,6 +18,7 @@ from parley.server.static import install_web
 from parley.server.ws import WsEndpoint
 from parley.services.accounts import AccountService, Principal, make_hasher
 from parley.services.messaging import MessagingService
+from parley.services.presence import PresenceService
 from parley.storage.sqlite import SqliteStore
 
 log = logging.getLogger("parley")
@@ -32,6 +34,13 @@ def build_app(config: ServerConfig) -> web.Application:
         login_failures_burst=config.login_failures_burst,
     )
     messaging = MessagingService(store, bus, send_rate=config.send_rate_limit)
+    presence = PresenceService(
+        store,
+        MemoryPresence(),
+        messaging.publish_live,
+        online_delay=config.presence_online_delay,
+        offline_grace=config.presence_offline_grace,
+    )
 
     def close_sockets(principal: Principal) -> None:
         hub.close_device(
@@ -39,8 +48,8 @@ def build_app(config: ServerConfig) -> web.Application:
         )
 
     accounts.on_logout = close_sockets
-    ws = WsEndpoint(config, accounts, messaging, hub)
-    api = HttpApi(config, accounts, messaging, hub, ws)
+    ws = WsEndpoint(config, accounts, messaging, presence, hub)
+    api = HttpApi(config, accounts, messaging, presence, hub, ws)
 
     app = web.Application(
         client_max_size=limits.MAX_HTTP_BODY_BYTES, middlewares=[error_middleware]
@@ -55,6 +64,7 @@ def build_app(config: ServerConfig) -> web.Application:
         hub.close_all(frames.CLOSE_GOING_AWAY, "server shutting down")
 
     async def stop(_: web.Application) -> None:
+        presence.close()
         await store.close()
         await bus.close()
 

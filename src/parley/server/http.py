@@ -19,11 +19,15 @@ from parley.protocol.errors import (
     Unavailable,
 )
 from parley.protocol.models import (
+    Contact,
+    ContactList,
     Conversation,
     ConversationList,
     EventsPage,
     Health,
     MessagesPage,
+    PresenceMap,
+    PresenceStatus,
     SendResult,
     Session,
     User,
@@ -46,6 +50,7 @@ from parley.server.params import bearer_token, int_param, since_param
 from parley.server.ws import WsEndpoint
 from parley.services.accounts import AccountService, Principal
 from parley.services.messaging import MessagingService
+from parley.services.presence import PresenceService, Status
 from parley.services.ratelimit import KeyedLimiter
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,9 @@ _encode = msgspec.json.Encoder().encode
 #: 503; the write itself is kept and retried, so a retry with the same
 #: client_msg_id finds it.
 WRITE_TIMEOUT = 10.0
+
+#: Users per presence query: a screenful of avatars many times over (design 5c, 4th point).
+MAX_PRESENCE_BATCH = 500
 
 _STATUS_CODES = {
     404: "not_found",
@@ -108,12 +116,14 @@ class HttpApi:
         config: ServerConfig,
         accounts: AccountService,
         messaging: MessagingService,
+        presence: PresenceService,
         hub: Hub,
         ws: WsEndpoint,
     ) -> None:
         self.config = config
         self.accounts = accounts
         self.messaging = messaging
+        self.presence = presence
         self.hub = hub
         per_minute = config.auth_rate_limit
         self._auth_by_address = KeyedLimiter(per_minute / 60, max(1.0, per_minute))
@@ -165,6 +175,36 @@ class HttpApi:
                 "A user by id",
                 response=User,
                 errors=(404,),
+            ),
+            Route(
+                "GET",
+                "/v1/contacts",
+                self.list_contacts,
+                "Your contacts with their presence",
+                response=ContactList,
+            ),
+            Route(
+                "PUT",
+                "/v1/contacts/{user_id}",
+                self.add_contact,
+                "Add a contact (idempotent)",
+                status=204,
+                errors=(404,),
+            ),
+            Route(
+                "DELETE",
+                "/v1/contacts/{user_id}",
+                self.remove_contact,
+                "Remove a contact (idempotent)",
+                status=204,
+            ),
+            Route(
+                "GET",
+                "/v1/presence",
+                self.get_presence,
+                "Presence of many users at once",
+                response=PresenceMap,
+                query={"user_ids": f"comma-separated, at most {MAX_PRESENCE_BATCH}"},
             ),
             Route(
                 "POST",
@@ -306,6 +346,46 @@ class HttpApi:
             raise NotFound("no such user")
         return json_response(user)
 
+    # --- contacts and presence ------------------------------------------------------------
+    async def list_contacts(self, request: web.Request) -> web.StreamResponse:
+        me = self.principal(request).user_id
+        users = await self.accounts.contacts(me)
+        seen = await self.presence.query(me, [u.user_id for u in users])
+        return json_response(
+            ContactList(
+                contacts=[
+                    Contact(
+                        user_id=u.user_id,
+                        username=u.username,
+                        display_name=u.display_name,
+                        presence=_presence(seen[u.user_id]),
+                    )
+                    for u in users
+                ]
+            )
+        )
+
+    async def add_contact(self, request: web.Request) -> web.StreamResponse:
+        me = self.principal(request).user_id
+        await self.accounts.add_contact(me, request.match_info["user_id"])
+        return web.Response(status=204)
+
+    async def remove_contact(self, request: web.Request) -> web.StreamResponse:
+        me = self.principal(request).user_id
+        await self.accounts.remove_contact(me, request.match_info["user_id"])
+        return web.Response(status=204)
+
+    async def get_presence(self, request: web.Request) -> web.StreamResponse:
+        me = self.principal(request).user_id
+        raw = request.query.get("user_ids", "")
+        user_ids = list(dict.fromkeys(u for u in raw.split(",") if u))
+        if not user_ids:
+            raise InvalidRequest("user_ids is required (comma-separated)")
+        if len(user_ids) > MAX_PRESENCE_BATCH:
+            raise InvalidRequest(f"at most {MAX_PRESENCE_BATCH} user_ids per call")
+        seen = await self.presence.query(me, user_ids)
+        return json_response(PresenceMap(presence={u: _presence(seen[u]) for u in user_ids}))
+
     # --- conversations -------------------------------------------------------------------
     async def create_conversation(self, request: web.Request) -> web.StreamResponse:
         me = self.principal(request).user_id
@@ -342,7 +422,9 @@ class HttpApi:
         outcome = await _wait_durable(
             self.messaging.send(me.user_id, me.device_id, cid, req.client_msg_id, req.body)
         )
-        return json_response(SendResult(message=outcome.message), 200 if outcome.duplicate else 201)
+        peer = self.presence.offline_peer(outcome.conversation_type, outcome.member_ids, me.user_id)
+        result = SendResult(message=outcome.message, peer_presence=peer)
+        return json_response(result, 200 if outcome.duplicate else 201)
 
     async def get_messages(self, request: web.Request) -> web.StreamResponse:
         me = self.principal(request).user_id
@@ -365,7 +447,14 @@ class HttpApi:
 
     # --- events ---------------------------------------------------------------------------------
     async def poll_events(self, request: web.Request) -> web.StreamResponse:
-        me = self.principal(request).user_id
+        principal = self.principal(request)
+        self.presence.long_poll_started(principal.user_id, principal.device_id)
+        try:
+            return await self._poll(principal.user_id, request)
+        finally:
+            self.presence.long_poll_ended(principal.user_id, principal.device_id)
+
+    async def _poll(self, me: str, request: web.Request) -> web.StreamResponse:
         since = since_param(request)
         timeout = int_param(
             request,
@@ -391,3 +480,7 @@ class HttpApi:
             self.hub.forget(me, waiter)
         next_cursor = events[-1].cursor if events else since
         return json_response(EventsPage(events=list(events), next=next_cursor))
+
+
+def _presence(seen: tuple[Status, int | None]) -> PresenceStatus:
+    return PresenceStatus(status=seen[0], last_seen=seen[1])

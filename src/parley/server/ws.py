@@ -46,6 +46,7 @@ from parley.server.hub import Hub
 from parley.server.params import bearer_token, since_param
 from parley.services.accounts import AccountService, Principal
 from parley.services.messaging import EVENTS_PAGE, MessagingService
+from parley.services.presence import PresenceService
 from parley.services.ratelimit import TokenBucket
 from parley.storage.base import SendOutcome
 
@@ -68,11 +69,13 @@ class WsConnection:
         ws: web.WebSocketResponse,
         principal: Principal,
         messaging: MessagingService,
+        presence: PresenceService,
     ) -> None:
         self.ws = ws
         self.user_id = principal.user_id
         self.device_id = principal.device_id
         self.messaging = messaging
+        self.presence = presence
         self._outbox: deque[bytes] = deque()
         self._flusher: asyncio.Task[None] | None = None
         #: While replaying, live events wait here so none is lost or doubled.
@@ -244,6 +247,9 @@ class WsConnection:
                     seq=m.seq,
                     message_id=m.message_id,
                     sent_at=m.sent_at,
+                    peer_presence=self.presence.offline_peer(
+                        outcome.conversation_type, outcome.member_ids, self.user_id
+                    ),
                 )
             )
         )
@@ -268,11 +274,13 @@ class WsEndpoint:
         config: ServerConfig,
         accounts: AccountService,
         messaging: MessagingService,
+        presence: PresenceService,
         hub: Hub,
     ) -> None:
         self.config = config
         self.accounts = accounts
         self.messaging = messaging
+        self.presence = presence
         self.hub = hub
 
     def check_origin(self, request: web.Request) -> None:
@@ -307,8 +315,10 @@ class WsEndpoint:
             except RateLimited as exc:
                 await _refuse(ws, exc, frames.CLOSE_RATE_LIMITED)
                 return ws
-        conn = WsConnection(ws, principal, self.messaging)
+        conn = WsConnection(ws, principal, self.messaging, self.presence)
+        device_key = f"ws:{id(conn)}"
         self.hub.attach(conn)
+        self.presence.connected(principal.user_id, device_key)
         try:
             cursor = await self.messaging.cursor(principal.user_id)
             conn.push(
@@ -328,6 +338,7 @@ class WsEndpoint:
             conn.close_soon(1008, exc.message)
         finally:
             self.hub.detach(conn)
+            self.presence.disconnected(principal.user_id, device_key)
         await conn.finish()
         return ws
 

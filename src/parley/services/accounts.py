@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from parley.protocol.errors import RateLimited, Unauthorized
+from parley.protocol.errors import InvalidRequest, NotFound, RateLimited, Unauthorized
 from parley.protocol.models import Session, User
 from parley.protocol.requests import CreateAccount, CreateSession
 from parley.services.clock import now_ms
@@ -133,6 +133,19 @@ class AccountService:
     async def user(self, user_id: str) -> User | None:
         record = await self._store.get_user(user_id)
         return _public(record) if record else None
+
+    async def contacts(self, user_id: str) -> list[User]:
+        return [_public(r) for r in await self._store.list_contacts(user_id)]
+
+    async def add_contact(self, user_id: str, contact_id: str) -> None:
+        if contact_id == user_id:
+            raise InvalidRequest("you cannot add yourself as a contact")
+        if await self._store.get_user(contact_id) is None:
+            raise NotFound("no such user")
+        await self._store.add_contact(user_id, contact_id, now_ms())
+
+    async def remove_contact(self, user_id: str, contact_id: str) -> None:
+        await self._store.remove_contact(user_id, contact_id)
 
     async def user_by_username(self, username: str) -> User | None:
         record = await self._store.get_user_by_username(username)

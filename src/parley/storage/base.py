@@ -103,6 +103,8 @@ class SendOutcome(Committed):
     message: Message
     #: True when the client_msg_id had been seen: nothing new was stored or logged.
     duplicate: bool
+    conversation_type: str
+    member_ids: list[str]
 
 
 @dataclass(slots=True)
@@ -206,3 +208,31 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def current_cursor(self, user_id: str) -> int:
         """The cursor of the user's newest committed event (0 when none)."""
+
+    # contacts and presence -------------------------------------------------------
+    @abc.abstractmethod
+    async def add_contact(self, owner_id: str, contact_id: str, now: int) -> None:
+        """Idempotent."""
+
+    @abc.abstractmethod
+    async def remove_contact(self, owner_id: str, contact_id: str) -> None:
+        """Idempotent."""
+
+    @abc.abstractmethod
+    async def list_contacts(self, owner_id: str) -> list[UserRecord]: ...
+
+    @abc.abstractmethod
+    async def presence_audience(self, user_id: str) -> set[str]:
+        """Who may see `user_id`'s presence: its contacts and everyone sharing a
+        conversation with it. Two index lookups, never a scan of all users."""
+
+    @abc.abstractmethod
+    async def visible_to(self, viewer_id: str, user_ids: list[str]) -> set[str]:
+        """The subset of `user_ids` whose presence `viewer_id` may see (itself included)."""
+
+    @abc.abstractmethod
+    async def set_last_seen(self, user_id: str, last_seen: int) -> None: ...
+
+    @abc.abstractmethod
+    async def last_seen(self, user_ids: list[str]) -> dict[str, int]:
+        """Durable last-seen times of those users that have one."""

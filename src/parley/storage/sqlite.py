@@ -85,6 +85,17 @@ CREATE TABLE IF NOT EXISTS members (
     PRIMARY KEY (conversation_id, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, conversation_id);
+CREATE TABLE IF NOT EXISTS contacts (
+    owner_id TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (owner_id, contact_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS contacts_by_contact ON contacts (contact_id, owner_id);
+CREATE TABLE IF NOT EXISTS last_seen (
+    user_id TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages (
     conversation_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -436,7 +447,13 @@ class SqliteStore(Store):
             (conversation_id, sender_id, client_msg_id),
         ).fetchone()
         if row:
-            return SendOutcome(events=[], message=_message(row), duplicate=True)
+            return SendOutcome(
+                events=[],
+                message=_message(row),
+                duplicate=True,
+                conversation_type=conv.type,
+                member_ids=list(conv.members),
+            )
         seq = conv.last_seq + 1
         message = Message(
             conversation_id=conversation_id,
@@ -477,6 +494,8 @@ class SqliteStore(Store):
             events=[(u, MessageEvent(cursor=c, message=message)) for u, c in logged],
             message=message,
             duplicate=False,
+            conversation_type=conv.type,
+            member_ids=list(conv.members),
         )
 
     async def get_messages(
@@ -549,6 +568,28 @@ class SqliteStore(Store):
 
     async def current_cursor(self, user_id: str) -> int:
         return await self._read(_max_cursor, user_id)
+
+    # contacts and presence ------------------------------------------------------------
+    async def add_contact(self, owner_id: str, contact_id: str, now: int) -> None:
+        await self._submit(_insert_contact, owner_id, contact_id, now)
+
+    async def remove_contact(self, owner_id: str, contact_id: str) -> None:
+        await self._submit(_delete_contact, owner_id, contact_id)
+
+    async def list_contacts(self, owner_id: str) -> list[UserRecord]:
+        return await self._read(_select_contacts, owner_id)
+
+    async def presence_audience(self, user_id: str) -> set[str]:
+        return await self._read(_select_audience, user_id)
+
+    async def visible_to(self, viewer_id: str, user_ids: list[str]) -> set[str]:
+        return await self._read(_select_visible, viewer_id, user_ids)
+
+    async def set_last_seen(self, user_id: str, last_seen: int) -> None:
+        await self._submit(_upsert_last_seen, user_id, last_seen)
+
+    async def last_seen(self, user_ids: list[str]) -> dict[str, int]:
+        return await self._read(_select_last_seen, user_ids)
 
 
 # --- queries run on reader threads (and a few on the writer) -------------------------
@@ -715,3 +756,68 @@ def _select_events(
                 ConversationEvent(cursor=cursor, conversation=_conversation_decoder.decode(payload))
             )
     return events
+
+
+def _insert_contact(conn: sqlite3.Connection, owner_id: str, contact_id: str, now: int) -> None:
+    conn.execute("INSERT OR IGNORE INTO contacts VALUES (?, ?, ?)", (owner_id, contact_id, now))
+
+
+def _delete_contact(conn: sqlite3.Connection, owner_id: str, contact_id: str) -> None:
+    conn.execute(
+        "DELETE FROM contacts WHERE owner_id = ? AND contact_id = ?", (owner_id, contact_id)
+    )
+
+
+def _select_contacts(conn: sqlite3.Connection, owner_id: str) -> list[UserRecord]:
+    rows = conn.execute(
+        "SELECT u.user_id, u.username, u.display_name, u.password_hash, u.created_at"
+        " FROM contacts c JOIN users u ON u.user_id = c.contact_id"
+        " WHERE c.owner_id = ? ORDER BY u.username",
+        (owner_id,),
+    ).fetchall()
+    return [UserRecord(*r) for r in rows]
+
+
+def _select_audience(conn: sqlite3.Connection, user_id: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT contact_id FROM contacts WHERE owner_id = ?"
+        " UNION SELECT peer.user_id FROM members mine"
+        " JOIN members peer ON peer.conversation_id = mine.conversation_id"
+        " WHERE mine.user_id = ? AND peer.user_id != ?",
+        (user_id, user_id, user_id),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _select_visible(conn: sqlite3.Connection, viewer_id: str, user_ids: list[str]) -> set[str]:
+    if not user_ids:
+        return set()
+    marks = ",".join("?" * len(user_ids))
+    rows = conn.execute(
+        f"SELECT owner_id FROM contacts WHERE contact_id = ? AND owner_id IN ({marks})"
+        " UNION SELECT peer.user_id FROM members mine"
+        " JOIN members peer ON peer.conversation_id = mine.conversation_id"
+        f" WHERE mine.user_id = ? AND peer.user_id IN ({marks})",
+        (viewer_id, *user_ids, viewer_id, *user_ids),
+    ).fetchall()
+    visible = {r[0] for r in rows}
+    if viewer_id in user_ids:
+        visible.add(viewer_id)
+    return visible
+
+
+def _upsert_last_seen(conn: sqlite3.Connection, user_id: str, at: int) -> None:
+    conn.execute(
+        "INSERT INTO last_seen VALUES (?, ?) ON CONFLICT (user_id) DO UPDATE SET at = excluded.at",
+        (user_id, at),
+    )
+
+
+def _select_last_seen(conn: sqlite3.Connection, user_ids: list[str]) -> dict[str, int]:
+    if not user_ids:
+        return {}
+    marks = ",".join("?" * len(user_ids))
+    rows = conn.execute(
+        f"SELECT user_id, at FROM last_seen WHERE user_id IN ({marks})", user_ids
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}

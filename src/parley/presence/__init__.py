@@ -1,0 +1,1 @@
+"""Presence backends: who is connected right now, keyed by user."""
