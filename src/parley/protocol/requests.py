@@ -40,7 +40,8 @@ class CreateDirect(msgspec.Struct, kw_only=True, tag="direct", tag_field="type")
 
 class CreateGroup(msgspec.Struct, kw_only=True, tag="group", tag_field="type"):
     title: Title
-    member_ids: list[Id] = []
+    # Bounded here only against absurd bodies; the group size limit is the server's flag.
+    member_ids: Annotated[list[Id], msgspec.Meta(max_length=10_000)] = []
 
 
 CreateConversation = CreateDirect | CreateGroup

@@ -33,6 +33,7 @@ from parley.protocol.models import (
     User,
 )
 from parley.protocol.requests import (
+    AddMember,
     CreateAccount,
     CreateConversation,
     CreateDirect,
@@ -40,6 +41,7 @@ from parley.protocol.requests import (
     CreateSession,
     MarkRead,
     SendMessage,
+    UpdateConversation,
     check_body_size,
     decode_request,
 )
@@ -233,6 +235,32 @@ class HttpApi:
                 errors=(404,),
             ),
             Route(
+                "PATCH",
+                "/v1/conversations/{conversation_id}",
+                self.rename_conversation,
+                "Rename a group (admin)",
+                body=UpdateConversation,
+                response=Conversation,
+                errors=(403, 404),
+            ),
+            Route(
+                "POST",
+                "/v1/conversations/{conversation_id}/members",
+                self.add_member,
+                "Add a member to a group (admin; idempotent)",
+                status=204,
+                body=AddMember,
+                errors=(403, 404),
+            ),
+            Route(
+                "DELETE",
+                "/v1/conversations/{conversation_id}/members/{user_id}",
+                self.remove_member,
+                "Remove a member (admin) or leave (yourself); idempotent",
+                status=204,
+                errors=(403, 404),
+            ),
+            Route(
                 "POST",
                 "/v1/conversations/{conversation_id}/messages",
                 self.send_message,
@@ -398,7 +426,10 @@ class HttpApi:
                 raise NotFound("no such user")
             conversation, created = await self.messaging.open_direct(me, req.user_id)
             return json_response(conversation, 201 if created else 200)
-        raise InvalidRequest("group conversations are not available yet", code="not_supported")
+        conversation = await self.messaging.create_group(
+            me, req.title, req.member_ids, self.config.max_group_members
+        )
+        return json_response(conversation, 201)
 
     async def list_conversations(self, request: web.Request) -> web.StreamResponse:
         me = self.principal(request).user_id
@@ -412,6 +443,25 @@ class HttpApi:
         me = self.principal(request).user_id
         cid = request.match_info["conversation_id"]
         return json_response(await self.messaging.conversation(me, cid))
+
+    async def rename_conversation(self, request: web.Request) -> web.StreamResponse:
+        me = self.principal(request).user_id
+        req = decode_request(await request.read(), UpdateConversation)
+        cid = request.match_info["conversation_id"]
+        return json_response(await self.messaging.rename(me, cid, req.title))
+
+    async def add_member(self, request: web.Request) -> web.StreamResponse:
+        me = self.principal(request).user_id
+        req = decode_request(await request.read(), AddMember)
+        cid = request.match_info["conversation_id"]
+        await self.messaging.add_member(me, cid, req.user_id, self.config.max_group_members)
+        return web.Response(status=204)
+
+    async def remove_member(self, request: web.Request) -> web.StreamResponse:
+        me = self.principal(request).user_id
+        cid = request.match_info["conversation_id"]
+        await self.messaging.remove_member(me, cid, request.match_info["user_id"])
+        return web.Response(status=204)
 
     # --- messages ----------------------------------------------------------------------------
     async def send_message(self, request: web.Request) -> web.StreamResponse:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -21,6 +21,7 @@ from parley.services.ratelimit import KeyedLimiter
 from parley.storage.base import Committed, ConversationRecord, SendOutcome, Store
 
 _encode = msgspec.json.Encoder().encode
+T = TypeVar("T")
 
 #: Most events one long-poll answer or one replay read returns at a time.
 EVENTS_PAGE = 500
@@ -51,9 +52,9 @@ class MessagingService:
 
     def _after_commit(
         self,
-        future: asyncio.Future[Any],
+        future: asyncio.Future[T],
         first: Callable[[asyncio.Future[Any]], None] | None = None,
-    ) -> asyncio.Future[Any]:
+    ) -> asyncio.Future[T]:
         """Run `first` (e.g. the sender's ack), then publish; return a future the
         caller may cancel or time out without losing the publication."""
         if first is not None:
@@ -70,24 +71,67 @@ class MessagingService:
         )
         return outcome.conversation.view_for(user_id), outcome.created
 
-    async def _member_record(self, user_id: str, conversation_id: str) -> ConversationRecord:
+    async def _readable(self, user_id: str, conversation_id: str) -> ConversationRecord:
+        """The conversation if `user_id` is or was a member (former members read
+        history up to their removal); else `NotFound`, which does not reveal
+        whether it exists."""
         record = await self._store.get_conversation(conversation_id)
-        if record is None or user_id not in record.members:
-            # Same answer whether it does not exist or is not yours: existence is not revealed.
+        if record is None or (user_id not in record.members and user_id not in record.former):
             raise NotFound("no such conversation")
         return record
 
+    async def is_member(self, user_id: str, conversation_id: str) -> ConversationRecord:
+        """The conversation if `user_id` is a current member, else `NotFound`."""
+        record = await self._readable(user_id, conversation_id)
+        if user_id not in record.members:
+            raise NotFound("no such conversation")
+        return record
+
+    async def _view(self, record: ConversationRecord, user_id: str) -> Conversation:
+        view = record.view_for(user_id)
+        if view.last_message is None and view.last_seq > 0:
+            # A former member's view stops at its removal: fetch the message there.
+            page, _ = await self._store.get_messages(
+                record.conversation_id, before=view.last_seq + 1, after=None, limit=1
+            )
+            view.last_message = page[-1] if page else None
+        return view
+
     async def conversation(self, user_id: str, conversation_id: str) -> Conversation:
-        return (await self._member_record(user_id, conversation_id)).view_for(user_id)
+        return await self._view(await self._readable(user_id, conversation_id), user_id)
 
     async def conversations(
         self, user_id: str, limit: int, before: int | None
     ) -> list[Conversation]:
         records = await self._store.list_conversations(user_id, limit, before)
-        return [r.view_for(user_id) for r in records]
+        return [await self._view(r, user_id) for r in records]
 
-    async def is_member(self, user_id: str, conversation_id: str) -> ConversationRecord:
-        return await self._member_record(user_id, conversation_id)
+    # groups ---------------------------------------------------------------------------
+    async def create_group(
+        self, user_id: str, title: str, member_ids: list[str], max_members: int
+    ) -> Conversation:
+        change = await self._after_commit(
+            self._store.create_group(new_id("c"), user_id, title, member_ids, now_ms(), max_members)
+        )
+        return change.conversation.view_for(user_id)
+
+    async def add_member(
+        self, user_id: str, conversation_id: str, member_id: str, max_members: int
+    ) -> None:
+        await self._after_commit(
+            self._store.add_member(conversation_id, user_id, member_id, now_ms(), max_members)
+        )
+
+    async def remove_member(self, user_id: str, conversation_id: str, member_id: str) -> None:
+        await self._after_commit(
+            self._store.remove_member(conversation_id, user_id, member_id, now_ms())
+        )
+
+    async def rename(self, user_id: str, conversation_id: str, title: str) -> Conversation:
+        change = await self._after_commit(
+            self._store.rename(conversation_id, user_id, title, now_ms())
+        )
+        return change.conversation.view_for(user_id)
 
     # messages --------------------------------------------------------------------------
     def send(
@@ -119,9 +163,13 @@ class MessagingService:
         after: int | None,
         limit: int,
     ) -> tuple[list[Message], bool]:
-        await self._member_record(user_id, conversation_id)
+        record = await self._readable(user_id, conversation_id)
         return await self._store.get_messages(
-            conversation_id, before=before, after=after, limit=limit
+            conversation_id,
+            before=before,
+            after=after,
+            limit=limit,
+            upto=record.visible_seq(user_id),
         )
 
     def mark(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from parley.protocol.models import Conversation, LoggedEvent, Member, Message
@@ -51,6 +51,7 @@ class MemberRecord:
     delivered_seq: int = 0
     read_seq: int = 0
     unread: int = 0
+    joined_at: int = 0
 
 
 @dataclass(slots=True)
@@ -61,12 +62,35 @@ class ConversationRecord:
     created_at: int
     last_seq: int
     last_activity: int
+    #: Current members, in the order they joined.
     members: dict[str, MemberRecord] = field(default_factory=dict)
+    #: Removed (or departed) members: user id → the last seq they may read.
+    former: dict[str, int] = field(default_factory=dict)
     last_message: Message | None = None
+    #: Bumped by every change that logs a `conversation` event (its snapshot key).
+    version: int = 0
+
+    def snapshot(self) -> ConversationRecord:
+        """A copy the caller may keep while the writer goes on changing the original."""
+        return replace(
+            self,
+            members={u: replace(m) for u, m in self.members.items()},
+            former=dict(self.former),
+        )
+
+    def visible_seq(self, user_id: str) -> int | None:
+        """The highest seq `user_id` may read: None for a member (no bound)."""
+        return self.former.get(user_id) if user_id not in self.members else None
 
     def view_for(self, user_id: str) -> Conversation:
-        """The contract's conversation object as `user_id` sees it (its own unread count)."""
+        """The contract's conversation object as `user_id` sees it: its own
+        unread count, and for a former member nothing past its removal."""
         me = self.members.get(user_id)
+        bound = self.visible_seq(user_id)
+        last_seq, last_message = self.last_seq, self.last_message
+        if bound is not None and last_seq > bound:
+            last_seq = bound
+            last_message = last_message if last_message and last_message.seq <= bound else None
         return Conversation(
             conversation_id=self.conversation_id,
             type=self.type,
@@ -81,8 +105,8 @@ class ConversationRecord:
                 )
                 for m in self.members.values()
             ],
-            last_seq=self.last_seq,
-            last_message=self.last_message,
+            last_seq=last_seq,
+            last_message=last_message,
             unread=me.unread if me else 0,
         )
 
@@ -111,6 +135,13 @@ class SendOutcome(Committed):
 class DirectOutcome(Committed):
     conversation: ConversationRecord
     created: bool
+
+
+@dataclass(slots=True)
+class ConversationChange(Committed):
+    """A group was created or changed; `events` tell every member (and a removed one)."""
+
+    conversation: ConversationRecord
 
 
 class Store(abc.ABC):
@@ -155,6 +186,40 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def create_group(
+        self,
+        conversation_id: str,
+        creator_id: str,
+        title: str,
+        member_ids: list[str],
+        now: int,
+        max_members: int,
+    ) -> asyncio.Future[ConversationChange]:
+        """Create a group whose admin is the creator. `NotFound` if a member id is
+        no user; `InvalidRequest(code="too_many_members")` over `max_members`."""
+
+    @abc.abstractmethod
+    def add_member(
+        self, conversation_id: str, actor_id: str, user_id: str, now: int, max_members: int
+    ) -> asyncio.Future[ConversationChange]:
+        """Admins only (`Forbidden`); idempotent. The newcomer reads the whole
+        history and starts with nothing unread."""
+
+    @abc.abstractmethod
+    def remove_member(
+        self, conversation_id: str, actor_id: str, user_id: str, now: int
+    ) -> asyncio.Future[ConversationChange]:
+        """Admins remove anyone; anyone removes itself (leaves). Idempotent. The
+        removed user keeps read access up to the current last seq, nothing after.
+        When the last admin leaves, the longest-standing member becomes admin."""
+
+    @abc.abstractmethod
+    def rename(
+        self, conversation_id: str, actor_id: str, title: str, now: int
+    ) -> asyncio.Future[ConversationChange]:
+        """Admins only."""
+
+    @abc.abstractmethod
     async def get_conversation(self, conversation_id: str) -> ConversationRecord | None: ...
 
     @abc.abstractmethod
@@ -183,9 +248,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_messages(
-        self, conversation_id: str, *, before: int | None, after: int | None, limit: int
+        self,
+        conversation_id: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        upto: int | None = None,
     ) -> tuple[list[Message], bool]:
-        """One page in ascending seq and whether more lie beyond it (see the contract)."""
+        """One page in ascending seq and whether more lie beyond it (see the
+        contract), never past `upto` when given."""
 
     @abc.abstractmethod
     def move_watermark(
@@ -195,8 +267,12 @@ class Store(abc.ABC):
         status: Literal["delivered", "read"],
         seq: int,
     ) -> asyncio.Future[Committed]:
-        """Raise a member's watermark (never lower it) and log a receipt for every member.
+        """Raise a member's watermark (never lower it) and log a receipt.
 
+        In a direct conversation both members get the receipt. In a group only
+        the member itself (its other devices) and the senders of the messages
+        the watermark newly covers: receipts cost O(senders), not O(members²);
+        everyone else reads watermarks from the conversation object.
         A seq above `last_seq` is clamped; one at or below the watermark logs nothing.
         """
 

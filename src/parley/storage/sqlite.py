@@ -27,7 +27,14 @@ from typing import Any, Literal, TypeVar, cast
 
 import msgspec
 
-from parley.protocol.errors import Conflict, NotFound, ParleyError, Unavailable
+from parley.protocol.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ParleyError,
+    Unavailable,
+)
 from parley.protocol.models import (
     Conversation,
     ConversationEvent,
@@ -38,6 +45,7 @@ from parley.protocol.models import (
 )
 from parley.storage.base import (
     Committed,
+    ConversationChange,
     ConversationRecord,
     DirectOutcome,
     MemberRecord,
@@ -73,7 +81,14 @@ CREATE TABLE IF NOT EXISTS conversations (
     created_at INTEGER NOT NULL,
     last_seq INTEGER NOT NULL DEFAULT 0,
     last_activity INTEGER NOT NULL,
-    direct_key TEXT UNIQUE
+    direct_key TEXT UNIQUE,
+    version INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conversation_versions (
+    conversation_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    snapshot BLOB NOT NULL,
+    PRIMARY KEY (conversation_id, version)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS members (
     conversation_id TEXT NOT NULL,
@@ -82,6 +97,8 @@ CREATE TABLE IF NOT EXISTS members (
     delivered_seq INTEGER NOT NULL DEFAULT 0,
     read_seq INTEGER NOT NULL DEFAULT 0,
     unread INTEGER NOT NULL DEFAULT 0,
+    joined_at INTEGER NOT NULL DEFAULT 0,
+    left_seq INTEGER,
     PRIMARY KEY (conversation_id, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, conversation_id);
@@ -130,9 +147,9 @@ RETRY_FIRST, RETRY_MAX = 0.01, 2.0
 READER_THREADS = 4
 
 _MESSAGE_COLUMNS = "conversation_id, seq, message_id, sender_id, client_msg_id, body, sent_at"
-_receipt_payload = msgspec.json.Encoder()
+_small_json = msgspec.json.Encoder()
 _conversation_decoder = msgspec.json.Decoder(Conversation)
-_receipt_decoder = msgspec.json.Decoder(dict[str, Any])
+_small_json_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
@@ -368,43 +385,225 @@ class SqliteStore(Store):
         if row:
             existing = self._conv(conn, row[0])
             assert existing is not None
-            return DirectOutcome(events=[], conversation=existing, created=False)
-        conn.execute(
-            "INSERT INTO conversations VALUES (?, 'direct', NULL, ?, 0, ?, ?)",
-            (conversation_id, now, now, key),
+            return DirectOutcome(events=[], conversation=existing.snapshot(), created=False)
+        record = self._insert_conversation(
+            conn, conversation_id, "direct", None, now, key, [user_a, user_b], admin=None
         )
+        return DirectOutcome(
+            events=self._log_conversation(conn, record, record.members),
+            conversation=record.snapshot(),
+            created=True,
+        )
+
+    def _insert_conversation(
+        self,
+        conn: sqlite3.Connection,
+        conversation_id: str,
+        kind: Literal["direct", "group"],
+        title: str | None,
+        now: int,
+        direct_key: str | None,
+        member_ids: list[str],
+        admin: str | None,
+    ) -> ConversationRecord:
+        conn.execute(
+            "INSERT INTO conversations VALUES (?, ?, ?, ?, 0, ?, ?, 0)",
+            (conversation_id, kind, title, now, now, direct_key),
+        )
+        members = {
+            u: MemberRecord(user_id=u, role="admin" if u == admin else "member", joined_at=now)
+            for u in member_ids
+        }
         conn.executemany(
-            "INSERT INTO members (conversation_id, user_id, role) VALUES (?, ?, 'member')",
-            [(conversation_id, user_a), (conversation_id, user_b)],
+            "INSERT INTO members (conversation_id, user_id, role, joined_at) VALUES (?, ?, ?, ?)",
+            [(conversation_id, m.user_id, m.role, now) for m in members.values()],
         )
         record = ConversationRecord(
             conversation_id=conversation_id,
-            type="direct",
-            title=None,
+            type=kind,
+            title=title,
             created_at=now,
             last_seq=0,
             last_activity=now,
-            members={u: MemberRecord(user_id=u, role="member") for u in (user_a, user_b)},
+            members=members,
         )
         self._convs[conversation_id] = record
-        return DirectOutcome(
-            events=self._log_conversation(conn, record, record.members),
-            conversation=record,
-            created=True,
-        )
+        return record
 
     def _log_conversation(
         self, conn: sqlite3.Connection, record: ConversationRecord, user_ids: Iterable[str]
     ) -> list[UserEvent]:
+        """Store one snapshot of the conversation and log it for each user.
+
+        The snapshot is stored once, not once per member (a change to a group
+        of 256 would otherwise log 256 copies of a 256-member list); each log
+        entry keeps only that user's unread count.
+        """
+        record.version += 1
+        conn.execute(
+            "UPDATE conversations SET version = ? WHERE conversation_id = ?",
+            (record.version, record.conversation_id),
+        )
+        snapshot = msgspec.json.encode(record.view_for(""))
+        conn.execute(
+            "INSERT INTO conversation_versions VALUES (?, ?, ?)",
+            (record.conversation_id, record.version, snapshot),
+        )
         events: list[UserEvent] = []
         for user_id in user_ids:
             view = record.view_for(user_id)
-            payload = msgspec.json.encode(view)
+            payload = _small_json.encode({"unread": view.unread})
             ((_, cursor),) = self._log(
-                conn, (user_id,), "conversation", record.conversation_id, 0, payload
+                conn, (user_id,), "conversation", record.conversation_id, record.version, payload
             )
             events.append((user_id, ConversationEvent(cursor=cursor, conversation=view)))
         return events
+
+    # groups --------------------------------------------------------------------------
+    def create_group(
+        self,
+        conversation_id: str,
+        creator_id: str,
+        title: str,
+        member_ids: list[str],
+        now: int,
+        max_members: int,
+    ) -> asyncio.Future[ConversationChange]:
+        return self._submit(
+            self._w_create_group, conversation_id, creator_id, title, member_ids, now, max_members
+        )
+
+    def _w_create_group(
+        self,
+        conn: sqlite3.Connection,
+        conversation_id: str,
+        creator_id: str,
+        title: str,
+        member_ids: list[str],
+        now: int,
+        max_members: int,
+    ) -> ConversationChange:
+        members = list(dict.fromkeys([creator_id, *member_ids]))
+        _check_size(len(members), max_members)
+        _check_users_exist(conn, members)
+        record = self._insert_conversation(
+            conn, conversation_id, "group", title, now, None, members, admin=creator_id
+        )
+        return ConversationChange(
+            events=self._log_conversation(conn, record, record.members),
+            conversation=record.snapshot(),
+        )
+
+    def _group_for(
+        self, conn: sqlite3.Connection, conversation_id: str, actor_id: str
+    ) -> ConversationRecord:
+        """The group `actor_id` is a member of, or the contract's refusal."""
+        conv = self._conv(conn, conversation_id)
+        if conv is None or actor_id not in conv.members:
+            raise NotFound("no such conversation")
+        if conv.type != "group":
+            raise InvalidRequest("only groups have members to change", code="not_a_group")
+        return conv
+
+    def add_member(
+        self, conversation_id: str, actor_id: str, user_id: str, now: int, max_members: int
+    ) -> asyncio.Future[ConversationChange]:
+        return self._submit(
+            self._w_add_member, conversation_id, actor_id, user_id, now, max_members
+        )
+
+    def _w_add_member(
+        self,
+        conn: sqlite3.Connection,
+        conversation_id: str,
+        actor_id: str,
+        user_id: str,
+        now: int,
+        max_members: int,
+    ) -> ConversationChange:
+        conv = self._group_for(conn, conversation_id, actor_id)
+        if conv.members[actor_id].role != "admin":
+            raise Forbidden("only an admin can add members")
+        if user_id in conv.members:
+            return ConversationChange(events=[], conversation=conv.snapshot())
+        _check_users_exist(conn, [user_id])
+        _check_size(len(conv.members) + 1, max_members)
+        member = MemberRecord(
+            user_id=user_id,
+            role="member",
+            delivered_seq=conv.last_seq,
+            read_seq=conv.last_seq,
+            joined_at=now,
+        )
+        conn.execute(
+            "INSERT INTO members (conversation_id, user_id, role, delivered_seq, read_seq,"
+            " unread, joined_at, left_seq) VALUES (?, ?, 'member', ?, ?, 0, ?, NULL)"
+            " ON CONFLICT (conversation_id, user_id) DO UPDATE SET role = 'member',"
+            " delivered_seq = excluded.delivered_seq, read_seq = excluded.read_seq,"
+            " unread = 0, joined_at = excluded.joined_at, left_seq = NULL",
+            (conversation_id, user_id, conv.last_seq, conv.last_seq, now),
+        )
+        conv.former.pop(user_id, None)
+        conv.members[user_id] = member
+        return ConversationChange(
+            events=self._log_conversation(conn, conv, conv.members),
+            conversation=conv.snapshot(),
+        )
+
+    def remove_member(
+        self, conversation_id: str, actor_id: str, user_id: str, now: int
+    ) -> asyncio.Future[ConversationChange]:
+        return self._submit(self._w_remove_member, conversation_id, actor_id, user_id, now)
+
+    def _w_remove_member(
+        self, conn: sqlite3.Connection, conversation_id: str, actor_id: str, user_id: str, now: int
+    ) -> ConversationChange:
+        conv = self._group_for(conn, conversation_id, actor_id)
+        if actor_id != user_id and conv.members[actor_id].role != "admin":
+            raise Forbidden("only an admin can remove other members")
+        if user_id not in conv.members:
+            return ConversationChange(events=[], conversation=conv.snapshot())
+        removed = conv.members.pop(user_id)
+        conv.former[user_id] = conv.last_seq
+        conn.execute(
+            "UPDATE members SET left_seq = ?, unread = 0 WHERE conversation_id = ? AND user_id = ?",
+            (conv.last_seq, conversation_id, user_id),
+        )
+        admins = [m for m in conv.members.values() if m.role == "admin"]
+        if removed.role == "admin" and not admins and conv.members:
+            heir = min(conv.members.values(), key=lambda m: (m.joined_at, m.user_id))
+            heir.role = "admin"
+            conn.execute(
+                "UPDATE members SET role = 'admin' WHERE conversation_id = ? AND user_id = ?",
+                (conversation_id, heir.user_id),
+            )
+        return ConversationChange(
+            events=self._log_conversation(conn, conv, [*conv.members, user_id]),
+            conversation=conv.snapshot(),
+        )
+
+    def rename(
+        self, conversation_id: str, actor_id: str, title: str, now: int
+    ) -> asyncio.Future[ConversationChange]:
+        return self._submit(self._w_rename, conversation_id, actor_id, title, now)
+
+    def _w_rename(
+        self, conn: sqlite3.Connection, conversation_id: str, actor_id: str, title: str, now: int
+    ) -> ConversationChange:
+        conv = self._group_for(conn, conversation_id, actor_id)
+        if conv.members[actor_id].role != "admin":
+            raise Forbidden("only an admin can rename the group")
+        if conv.title == title:
+            return ConversationChange(events=[], conversation=conv.snapshot())
+        conv.title = title
+        conn.execute(
+            "UPDATE conversations SET title = ? WHERE conversation_id = ?",
+            (title, conversation_id),
+        )
+        return ConversationChange(
+            events=self._log_conversation(conn, conv, conv.members),
+            conversation=conv.snapshot(),
+        )
 
     async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
         return await self._read(_load_conversation, conversation_id)
@@ -474,7 +673,8 @@ class SqliteStore(Store):
         )
         # Others have one more unread; the sender has read everything up to its own message.
         conn.execute(
-            "UPDATE members SET unread = unread + 1 WHERE conversation_id = ? AND user_id != ?",
+            "UPDATE members SET unread = unread + 1"
+            " WHERE conversation_id = ? AND user_id != ? AND left_seq IS NULL",
             (conversation_id, sender_id),
         )
         conn.execute(
@@ -499,9 +699,15 @@ class SqliteStore(Store):
         )
 
     async def get_messages(
-        self, conversation_id: str, *, before: int | None, after: int | None, limit: int
+        self,
+        conversation_id: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        upto: int | None = None,
     ) -> tuple[list[Message], bool]:
-        return await self._read(_select_messages, conversation_id, before, after, limit)
+        return await self._read(_select_messages, conversation_id, before, after, limit, upto)
 
     def move_watermark(
         self,
@@ -525,6 +731,7 @@ class SqliteStore(Store):
         if conv is None or member is None:
             raise NotFound("no such conversation")
         seq = min(seq, conv.last_seq)
+        previous = member.delivered_seq if status == "delivered" else member.read_seq
         if status == "delivered":
             if seq <= member.delivered_seq:
                 return Committed(events=[])
@@ -544,8 +751,17 @@ class SqliteStore(Store):
             " WHERE conversation_id = ? AND user_id = ?",
             (member.delivered_seq, member.read_seq, member.unread, conversation_id, user_id),
         )
-        payload = _receipt_payload.encode({"user_id": user_id, "status": status})
-        logged = self._log(conn, conv.members, "receipt", conversation_id, seq, payload)
+        payload = _small_json.encode({"user_id": user_id, "status": status})
+        if conv.type == "direct":
+            audience: Iterable[str] = conv.members
+        else:
+            senders = conn.execute(
+                "SELECT DISTINCT sender_id FROM messages"
+                " WHERE conversation_id = ? AND seq > ? AND seq <= ?",
+                (conversation_id, previous, seq),
+            ).fetchall()
+            audience = {user_id, *(r[0] for r in senders if r[0] in conv.members)}
+        logged = self._log(conn, audience, "receipt", conversation_id, seq, payload)
         return Committed(
             events=[
                 (
@@ -630,18 +846,21 @@ def _max_cursor(conn: sqlite3.Connection, user_id: str) -> int:
     return int(row[0] or 0)
 
 
-def _load_members(
-    conn: sqlite3.Connection, conversation_ids: list[str]
-) -> dict[str, dict[str, MemberRecord]]:
-    out: dict[str, dict[str, MemberRecord]] = {c: {} for c in conversation_ids}
-    marks = ",".join("?" * len(conversation_ids))
+def _load_members(conn: sqlite3.Connection, records: list[ConversationRecord]) -> None:
+    """Fill `members` (in join order) and `former` of each record."""
+    by_id = {r.conversation_id: r for r in records}
+    marks = ",".join("?" * len(by_id))
     for row in conn.execute(
-        "SELECT conversation_id, user_id, role, delivered_seq, read_seq, unread FROM members"
-        f" WHERE conversation_id IN ({marks})",
-        conversation_ids,
+        "SELECT conversation_id, user_id, role, delivered_seq, read_seq, unread, joined_at,"
+        f" left_seq FROM members WHERE conversation_id IN ({marks})"
+        " ORDER BY conversation_id, joined_at, user_id",
+        list(by_id),
     ):
-        out[row[0]][row[1]] = MemberRecord(*row[1:])
-    return out
+        record = by_id[row[0]]
+        if row[7] is None:
+            record.members[row[1]] = MemberRecord(*row[1:7])
+        else:
+            record.former[row[1]] = row[7]
 
 
 def _last_message(conn: sqlite3.Connection, conversation_id: str, seq: int) -> Message | None:
@@ -662,11 +881,12 @@ def _conversation_from_row(conn: sqlite3.Connection, row: Sequence[Any]) -> Conv
         created_at=row[3],
         last_seq=row[4],
         last_activity=row[5],
+        version=row[6],
         last_message=_last_message(conn, row[0], row[4]),
     )
 
 
-_CONVERSATION_COLUMNS = "conversation_id, type, title, created_at, last_seq, last_activity"
+_CONVERSATION_COLUMNS = "conversation_id, type, title, created_at, last_seq, last_activity, version"
 
 
 def _load_conversation(conn: sqlite3.Connection, conversation_id: str) -> ConversationRecord | None:
@@ -677,7 +897,7 @@ def _load_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conver
     if not row:
         return None
     record = _conversation_from_row(conn, row)
-    record.members = _load_members(conn, [conversation_id])[conversation_id]
+    _load_members(conn, [record])
     return record
 
 
@@ -693,9 +913,7 @@ def _list_conversations(
     ).fetchall()
     records = [_conversation_from_row(conn, r) for r in rows]
     if records:
-        members = _load_members(conn, [r.conversation_id for r in records])
-        for record in records:
-            record.members = members[record.conversation_id]
+        _load_members(conn, records)
     return records
 
 
@@ -705,9 +923,12 @@ def _select_messages(
     before: int | None,
     after: int | None,
     limit: int,
+    upto: int | None,
 ) -> tuple[list[Message], bool]:
     lo = after if after is not None else -1
     hi = before if before is not None else 2**62
+    if upto is not None:
+        hi = min(hi, upto + 1)
     # With only `after`, read upwards from it; otherwise read downwards from the top.
     ascending = after is not None and before is None
     rows = conn.execute(
@@ -727,21 +948,23 @@ def _select_events(
     conn: sqlite3.Connection, user_id: str, after: int, limit: int
 ) -> list[LoggedEvent]:
     rows = conn.execute(
-        "SELECT e.cursor, e.kind, e.conversation_id, e.seq, e.payload,"
+        "SELECT e.cursor, e.kind, e.conversation_id, e.seq, e.payload, v.snapshot,"
         " m.message_id, m.sender_id, m.client_msg_id, m.body, m.sent_at"
         " FROM events e LEFT JOIN messages m"
         " ON e.kind = 'message' AND m.conversation_id = e.conversation_id AND m.seq = e.seq"
+        " LEFT JOIN conversation_versions v ON e.kind = 'conversation'"
+        " AND v.conversation_id = e.conversation_id AND v.version = e.seq"
         " WHERE e.user_id = ? AND e.cursor > ? ORDER BY e.cursor LIMIT ?",
         (user_id, after, limit),
     ).fetchall()
     events: list[LoggedEvent] = []
-    for cursor, kind, conversation_id, seq, payload, *msg in rows:
+    for cursor, kind, conversation_id, seq, payload, snapshot, *msg in rows:
         if kind == "message":
             events.append(
                 MessageEvent(cursor=cursor, message=_message((conversation_id, seq, *msg)))
             )
         elif kind == "receipt":
-            fields = _receipt_decoder.decode(payload)
+            fields = _small_json_decoder.decode(payload)
             events.append(
                 ReceiptEvent(
                     cursor=cursor,
@@ -752,9 +975,9 @@ def _select_events(
                 )
             )
         else:
-            events.append(
-                ConversationEvent(cursor=cursor, conversation=_conversation_decoder.decode(payload))
-            )
+            conversation = _conversation_decoder.decode(snapshot)
+            conversation.unread = _small_json_decoder.decode(payload)["unread"]
+            events.append(ConversationEvent(cursor=cursor, conversation=conversation))
     return events
 
 
@@ -783,7 +1006,8 @@ def _select_audience(conn: sqlite3.Connection, user_id: str) -> set[str]:
         "SELECT contact_id FROM contacts WHERE owner_id = ?"
         " UNION SELECT peer.user_id FROM members mine"
         " JOIN members peer ON peer.conversation_id = mine.conversation_id"
-        " WHERE mine.user_id = ? AND peer.user_id != ?",
+        " WHERE mine.user_id = ? AND peer.user_id != ?"
+        " AND mine.left_seq IS NULL AND peer.left_seq IS NULL",
         (user_id, user_id, user_id),
     ).fetchall()
     return {r[0] for r in rows}
@@ -797,7 +1021,8 @@ def _select_visible(conn: sqlite3.Connection, viewer_id: str, user_ids: list[str
         f"SELECT owner_id FROM contacts WHERE contact_id = ? AND owner_id IN ({marks})"
         " UNION SELECT peer.user_id FROM members mine"
         " JOIN members peer ON peer.conversation_id = mine.conversation_id"
-        f" WHERE mine.user_id = ? AND peer.user_id IN ({marks})",
+        f" WHERE mine.user_id = ? AND peer.user_id IN ({marks})"
+        " AND mine.left_seq IS NULL AND peer.left_seq IS NULL",
         (viewer_id, *user_ids, viewer_id, *user_ids),
     ).fetchall()
     visible = {r[0] for r in rows}
@@ -821,3 +1046,19 @@ def _select_last_seen(conn: sqlite3.Connection, user_ids: list[str]) -> dict[str
         f"SELECT user_id, at FROM last_seen WHERE user_id IN ({marks})", user_ids
     ).fetchall()
     return {r[0]: r[1] for r in rows}
+
+
+def _check_size(count: int, max_members: int) -> None:
+    if count > max_members:
+        raise InvalidRequest(f"a group has at most {max_members} members", code="too_many_members")
+
+
+def _check_users_exist(conn: sqlite3.Connection, user_ids: list[str]) -> None:
+    marks = ",".join("?" * len(user_ids))
+    found = {
+        r[0]
+        for r in conn.execute(f"SELECT user_id FROM users WHERE user_id IN ({marks})", user_ids)
+    }
+    missing = [u for u in user_ids if u not in found]
+    if missing:
+        raise NotFound(f"no such user: {missing[0]}")
