@@ -23,6 +23,10 @@ class ServerConfig:
     #: server's own origin only. Non-browser clients send no Origin at all.
     allowed_origins: tuple[str, ...] = ()
     allow_insecure_push: bool = False
+    #: A generic push gateway (relay to APNs/FCM) that gets a JSON POST per notification.
+    push_gateway: str | None = None
+    #: Include a preview of the message text in notifications (off: privacy).
+    push_preview: bool = True
     #: Open WebSockets per user (all devices together).
     max_connections_per_user: int = 64
     #: Account creations and logins per client address per minute (burst the same).
@@ -57,6 +61,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     opt("--max-connections-per-user", int, d.max_connections_per_user, "open sockets per user")
     opt("--auth-rate-limit", float, d.auth_rate_limit, "logins+signups per address per minute")
     opt("--max-group-members", int, d.max_group_members, "largest group allowed")
+    opt("--push-gateway", str, None, "URL of a push gateway relaying to APNs/FCM")
+    no_preview = _env("no-push-preview", "")
+    parser.add_argument(
+        "--no-push-preview",
+        action="store_true",
+        default=no_preview not in ("", "0", "false", None),
+        help="leave message text out of push notifications",
+    )
     insecure = _env("allow-insecure-push", "")
     parser.add_argument(
         "--allow-insecure-push",
@@ -80,4 +92,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections_per_user=args.max_connections_per_user,
         auth_rate_limit=args.auth_rate_limit,
         max_group_members=args.max_group_members,
+        push_gateway=args.push_gateway or None,
+        push_preview=not args.no_push_preview,
     )

@@ -34,6 +34,9 @@ class MessagingService:
         # Per device, shared by its HTTP requests and its sockets. Bursts of ten
         # seconds' worth: the default 100/s admits bursts of 1000. 0: no limit.
         self._send_limits = KeyedLimiter(send_rate, send_rate * 10)
+        #: Called with every newly stored message once it is durable and its
+        #: events are published (push notifications hang off this). Must not block.
+        self.on_message: Callable[[SendOutcome], None] | None = None
 
     # publishing -----------------------------------------------------------------
     def _publish_committed(self, future: asyncio.Future[Any]) -> None:
@@ -43,6 +46,9 @@ class MessagingService:
         outcome: Committed = future.result()
         for user_id, event in outcome.events:
             self._bus.publish(user_id, event.cursor, _encode(event))
+        if self.on_message is not None and isinstance(outcome, SendOutcome):
+            if not outcome.duplicate:
+                self.on_message(outcome)
 
     def publish_live(self, user_ids: list[str], event: Event) -> None:
         """Send a live-only event (presence, typing): no cursor, not logged."""

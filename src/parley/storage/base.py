@@ -45,6 +45,15 @@ class SessionRecord:
 
 
 @dataclass(slots=True)
+class PushSubscriptionRecord:
+    user_id: str
+    endpoint: str
+    p256dh: str
+    auth: str
+    created_at: int
+
+
+@dataclass(slots=True)
 class MemberRecord:
     user_id: str
     role: Literal["admin", "member"]
@@ -312,3 +321,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def last_seen(self, user_ids: list[str]) -> dict[str, int]:
         """Durable last-seen times of those users that have one."""
+
+    # push subscriptions -------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_push_subscription(self, sub: PushSubscriptionRecord) -> None:
+        """Idempotent on the endpoint: re-subscribing replaces keys and owner."""
+
+    @abc.abstractmethod
+    async def remove_push_subscription(self, endpoint: str, user_id: str | None = None) -> None:
+        """Drop a subscription (only `user_id`'s, when given). Idempotent."""
+
+    @abc.abstractmethod
+    async def push_subscriptions(self, user_ids: list[str]) -> list[PushSubscriptionRecord]: ...

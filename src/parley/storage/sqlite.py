@@ -49,6 +49,7 @@ from parley.storage.base import (
     ConversationRecord,
     DirectOutcome,
     MemberRecord,
+    PushSubscriptionRecord,
     SendOutcome,
     SessionRecord,
     Store,
@@ -109,6 +110,14 @@ CREATE TABLE IF NOT EXISTS contacts (
     PRIMARY KEY (owner_id, contact_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS contacts_by_contact ON contacts (contact_id, owner_id);
+CREATE TABLE IF NOT EXISTS push_subscriptions (
+    endpoint TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    p256dh TEXT NOT NULL,
+    auth TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS push_by_user ON push_subscriptions (user_id);
 CREATE TABLE IF NOT EXISTS last_seen (
     user_id TEXT PRIMARY KEY,
     at INTEGER NOT NULL
@@ -807,6 +816,16 @@ class SqliteStore(Store):
     async def last_seen(self, user_ids: list[str]) -> dict[str, int]:
         return await self._read(_select_last_seen, user_ids)
 
+    # push subscriptions ------------------------------------------------------------------
+    async def add_push_subscription(self, sub: PushSubscriptionRecord) -> None:
+        await self._submit(_upsert_push, sub)
+
+    async def remove_push_subscription(self, endpoint: str, user_id: str | None = None) -> None:
+        await self._submit(_delete_push, endpoint, user_id)
+
+    async def push_subscriptions(self, user_ids: list[str]) -> list[PushSubscriptionRecord]:
+        return await self._read(_select_push, user_ids)
+
 
 # --- queries run on reader threads (and a few on the writer) -------------------------
 
@@ -1062,3 +1081,32 @@ def _check_users_exist(conn: sqlite3.Connection, user_ids: list[str]) -> None:
     missing = [u for u in user_ids if u not in found]
     if missing:
         raise NotFound(f"no such user: {missing[0]}")
+
+
+def _upsert_push(conn: sqlite3.Connection, sub: PushSubscriptionRecord) -> None:
+    conn.execute(
+        "INSERT INTO push_subscriptions VALUES (?, ?, ?, ?, ?) ON CONFLICT (endpoint) DO UPDATE"
+        " SET user_id = excluded.user_id, p256dh = excluded.p256dh, auth = excluded.auth",
+        (sub.endpoint, sub.user_id, sub.p256dh, sub.auth, sub.created_at),
+    )
+
+
+def _delete_push(conn: sqlite3.Connection, endpoint: str, user_id: str | None) -> None:
+    if user_id is None:
+        conn.execute("DELETE FROM push_subscriptions WHERE endpoint = ?", (endpoint,))
+    else:
+        conn.execute(
+            "DELETE FROM push_subscriptions WHERE endpoint = ? AND user_id = ?", (endpoint, user_id)
+        )
+
+
+def _select_push(conn: sqlite3.Connection, user_ids: list[str]) -> list[PushSubscriptionRecord]:
+    if not user_ids:
+        return []
+    marks = ",".join("?" * len(user_ids))
+    rows = conn.execute(
+        "SELECT user_id, endpoint, p256dh, auth, created_at FROM push_subscriptions"
+        f" WHERE user_id IN ({marks})",
+        user_ids,
+    ).fetchall()
+    return [PushSubscriptionRecord(*r) for r in rows]
