@@ -46,9 +46,9 @@ class MessagingService:
         outcome: Committed = future.result()
         for user_id, event in outcome.events:
             self._bus.publish(user_id, event.cursor, _encode(event))
-        if self.on_message is not None and isinstance(outcome, SendOutcome):
-            if not outcome.duplicate:
-                self.on_message(outcome)
+        hook = self.on_message
+        if hook is not None and isinstance(outcome, SendOutcome) and not outcome.duplicate:
+            hook(outcome)
 
     def publish_live(self, user_ids: list[str], event: Event) -> None:
         """Send a live-only event (presence, typing): no cursor, not logged."""
