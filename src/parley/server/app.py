@@ -9,6 +9,7 @@ import signal
 from aiohttp import web
 
 from parley.bus.memory import MemoryBus
+from parley.metrics import Metrics
 from parley.presence.memory import MemoryPresence
 from parley.protocol import frames, limits
 from parley.server.config import ServerConfig
@@ -25,15 +26,20 @@ log = logging.getLogger("parley")
 
 
 def build_app(config: ServerConfig) -> web.Application:
+    metrics = Metrics()
     store = SqliteStore(config.data_dir / "parley.db")
+    store.on_commit = metrics.observe_commit
+    store.on_handoff = metrics.event_log_lag.observe
+    metrics.track_write_queue(lambda: store.queued_writes)
     bus = MemoryBus()
-    hub = Hub(bus)
+    hub = Hub(bus, metrics)
+    metrics.track_connections(lambda: hub.total)
     accounts = AccountService(
         store,
         make_hasher(config.argon2_memory_kib, config.argon2_time_cost),
         login_failures_burst=config.login_failures_burst,
     )
-    messaging = MessagingService(store, bus, send_rate=config.send_rate_limit)
+    messaging = MessagingService(store, bus, metrics, send_rate=config.send_rate_limit)
     presence = PresenceService(
         store,
         MemoryPresence(),
@@ -48,11 +54,11 @@ def build_app(config: ServerConfig) -> web.Application:
         )
 
     accounts.on_logout = close_sockets
-    ws = WsEndpoint(config, accounts, messaging, presence, hub)
-    api = HttpApi(config, accounts, messaging, presence, hub, ws)
+    ws = WsEndpoint(config, accounts, messaging, presence, hub, metrics)
+    api = HttpApi(config, accounts, messaging, presence, hub, ws, metrics)
 
     app = web.Application(
-        client_max_size=limits.MAX_HTTP_BODY_BYTES, middlewares=[error_middleware]
+        client_max_size=limits.MAX_HTTP_BODY_BYTES, middlewares=[error_middleware(metrics)]
     )
     api.install(app)
     install_web(app)

@@ -9,7 +9,9 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
+from parley.metrics import Metrics
 from parley.protocol import limits
 from parley.protocol.errors import (
     InvalidRequest,
@@ -66,6 +68,8 @@ WRITE_TIMEOUT = 10.0
 #: Users per presence query: a screenful of avatars many times over (design 5c, 4th point).
 MAX_PRESENCE_BATCH = 500
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
@@ -84,25 +88,29 @@ def error_response(exc: ParleyError) -> web.Response:
     return response
 
 
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def error_middleware(metrics: Metrics) -> Middleware:
     """Every failure leaves as `{"error": {"code", "message"}}`; never a bare 500."""
-    try:
-        return await handler(request)
-    except ParleyError as exc:
-        return error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ParleyError as exc:
+            error = exc
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = _STATUS_CODES.get(exc.status, "bad_request")
+            error = ParleyError(exc.reason, code=code, status=exc.status)
+        except (asyncio.CancelledError, ConnectionError):
             raise
-        code = _STATUS_CODES.get(exc.status, "bad_request")
-        return error_response(ParleyError(exc.reason, code=code, status=exc.status))
-    except (asyncio.CancelledError, ConnectionError):
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(ParleyError("internal error", code="internal", status=500))
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            error = ParleyError("internal error", code="internal", status=500)
+        metrics.errors.labels(error.code).inc()
+        return error_response(error)
+
+    return middleware
 
 
 async def _wait_durable(future: Awaitable[Any]) -> Any:
@@ -121,7 +129,9 @@ class HttpApi:
         presence: PresenceService,
         hub: Hub,
         ws: WsEndpoint,
+        metrics: Metrics,
     ) -> None:
+        self.metrics = metrics
         self.config = config
         self.accounts = accounts
         self.messaging = messaging
@@ -132,6 +142,13 @@ class HttpApi:
         self.routes = [
             Route("GET", "/healthz", self.healthz, "Liveness", response=Health, auth=False),
             Route("GET", "/openapi.json", self.openapi, "This document", auth=False),
+            Route(
+                "GET",
+                "/metrics",
+                self.metrics_text,
+                "Prometheus metrics (no user data; no auth, like /healthz)",
+                auth=False,
+            ),
             Route(
                 "POST",
                 "/v1/accounts",
@@ -340,6 +357,9 @@ class HttpApi:
     # --- running --------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return json_response(Health(status="ok"))
+
+    async def metrics_text(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self._openapi, content_type="application/json")

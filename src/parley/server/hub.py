@@ -10,6 +10,7 @@ import asyncio
 from typing import Protocol
 
 from parley.bus.base import Bus
+from parley.metrics import Metrics
 
 
 class Connection(Protocol):
@@ -25,8 +26,9 @@ class Connection(Protocol):
 
 
 class Hub:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, metrics: Metrics) -> None:
         self._bus = bus
+        self._events_out = metrics.events_out
         self._connections: dict[str, set[Connection]] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._watched: set[str] = set()
@@ -91,8 +93,10 @@ class Hub:
             self._bus.unsubscribe(user_id)
 
     def _on_event(self, user_id: str, cursor: int | None, payload: bytes) -> None:
-        for conn in list(self._connections.get(user_id, ())):
+        conns = self._connections.get(user_id, ())
+        for conn in list(conns):
             conn.deliver(cursor, payload)
+        self._events_out.inc(len(conns))
         if cursor is not None:
             for future in self._waiters.get(user_id, ()):
                 if not future.done():

@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections import deque
 from typing import Any, Literal
 
 import msgspec
 from aiohttp import WSMsgType, web
 
+from parley.metrics import Metrics
 from parley.protocol import frames, limits
 from parley.protocol.errors import (
     Forbidden,
@@ -70,7 +72,9 @@ class WsConnection:
         principal: Principal,
         messaging: MessagingService,
         presence: PresenceService,
+        metrics: Metrics,
     ) -> None:
+        self.metrics = metrics
         self.ws = ws
         self.user_id = principal.user_id
         self.device_id = principal.device_id
@@ -120,6 +124,7 @@ class WsConnection:
             self._flusher = None
 
     def send_error(self, exc: ParleyError, ref: str | None) -> None:
+        self.metrics.errors.labels(exc.code).inc()
         self.push(_encode(ErrorFrame(code=exc.code, message=exc.message, ref=ref)))
 
     def close_soon(self, code: int, reason: str) -> None:
@@ -205,7 +210,7 @@ class WsConnection:
                 frame.conversation_id,
                 frame.client_msg_id,
                 frame.body,
-                on_durable=functools.partial(self._acked, ref=ref),
+                on_durable=functools.partial(self._acked, ref=ref, received=time.perf_counter()),
             )
         elif isinstance(frame, DeliveredFrame | ReadFrame):
             status: Literal["delivered", "read"] = (
@@ -230,7 +235,7 @@ class WsConnection:
         elif isinstance(frame, AuthFrame):
             raise InvalidRequest("already authenticated")
 
-    def _acked(self, future: asyncio.Future[Any], ref: str | None) -> None:
+    def _acked(self, future: asyncio.Future[Any], ref: str | None, received: float) -> None:
         if future.cancelled():
             return
         exc = future.exception()
@@ -253,6 +258,7 @@ class WsConnection:
                 )
             )
         )
+        self.metrics.ack_latency.observe(time.perf_counter() - received)
 
     def _report_failure(self, future: asyncio.Future[Any]) -> None:
         if not future.cancelled() and future.exception() is not None:
@@ -276,7 +282,9 @@ class WsEndpoint:
         messaging: MessagingService,
         presence: PresenceService,
         hub: Hub,
+        metrics: Metrics,
     ) -> None:
+        self.metrics = metrics
         self.config = config
         self.accounts = accounts
         self.messaging = messaging
@@ -315,7 +323,7 @@ class WsEndpoint:
             except RateLimited as exc:
                 await _refuse(ws, exc, frames.CLOSE_RATE_LIMITED)
                 return ws
-        conn = WsConnection(ws, principal, self.messaging, self.presence)
+        conn = WsConnection(ws, principal, self.messaging, self.presence, self.metrics)
         device_key = f"ws:{id(conn)}"
         self.hub.attach(conn)
         self.presence.connected(principal.user_id, device_key)

@@ -7,12 +7,15 @@ bus, and only after the store has committed it ("publish after commit").
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import msgspec
 
 from parley.bus.base import Bus
+from parley.metrics import Metrics
 from parley.protocol.errors import CursorExpired, InvalidRequest, NotFound, RateLimited
 from parley.protocol.models import Conversation, Event, LoggedEvent, Message
 from parley.services.clock import now_ms
@@ -28,9 +31,10 @@ EVENTS_PAGE = 500
 
 
 class MessagingService:
-    def __init__(self, store: Store, bus: Bus, *, send_rate: float = 0.0) -> None:
+    def __init__(self, store: Store, bus: Bus, metrics: Metrics, *, send_rate: float = 0.0) -> None:
         self._store = store
         self._bus = bus
+        self._metrics = metrics
         # Per device, shared by its HTTP requests and its sockets. Bursts of ten
         # seconds' worth: the default 100/s admits bursts of 1000. 0: no limit.
         self._send_limits = KeyedLimiter(send_rate, send_rate * 10)
@@ -39,16 +43,18 @@ class MessagingService:
         self.on_message: Callable[[SendOutcome], None] | None = None
 
     # publishing -----------------------------------------------------------------
-    def _publish_committed(self, future: asyncio.Future[Any]) -> None:
+    def _publish_committed(self, future: asyncio.Future[Any], started: float = 0.0) -> None:
         """Done-callback on a store write: publish its events, in commit order."""
         if future.cancelled() or future.exception() is not None:
             return
         outcome: Committed = future.result()
         for user_id, event in outcome.events:
             self._bus.publish(user_id, event.cursor, _encode(event))
-        hook = self.on_message
-        if hook is not None and isinstance(outcome, SendOutcome) and not outcome.duplicate:
-            hook(outcome)
+        if isinstance(outcome, SendOutcome) and not outcome.duplicate:
+            self._metrics.messages_in.inc()
+            self._metrics.delivery_latency.observe(time.perf_counter() - started)
+            if self.on_message is not None:
+                self.on_message(outcome)
 
     def publish_live(self, user_ids: list[str], event: Event) -> None:
         """Send a live-only event (presence, typing): no cursor, not logged."""
@@ -60,12 +66,13 @@ class MessagingService:
         self,
         future: asyncio.Future[T],
         first: Callable[[asyncio.Future[Any]], None] | None = None,
+        started: float = 0.0,
     ) -> asyncio.Future[T]:
         """Run `first` (e.g. the sender's ack), then publish; return a future the
         caller may cancel or time out without losing the publication."""
         if first is not None:
             future.add_done_callback(first)
-        future.add_done_callback(self._publish_committed)
+        future.add_done_callback(functools.partial(self._publish_committed, started=started))
         return asyncio.shield(future)
 
     # conversations ------------------------------------------------------------------
@@ -155,10 +162,11 @@ class MessagingService:
         bucket = self._send_limits.bucket(device_id)
         if not bucket.take():
             raise RateLimited("sending too fast; slow down", retry_after=bucket.retry_after())
+        started = time.perf_counter()
         future = self._store.append_message(
             conversation_id, user_id, client_msg_id, body, new_id("m"), now_ms()
         )
-        return self._after_commit(future, on_durable)
+        return self._after_commit(future, on_durable, started)
 
     async def history(
         self,

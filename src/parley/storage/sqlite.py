@@ -209,6 +209,13 @@ class SqliteStore(Store):
         self._cursors: dict[str, int] = {}
         #: Called on the writer thread with (batch size, commit seconds); for metrics.
         self.on_commit: Callable[[int, float], None] | None = None
+        #: Called on the loop with the seconds from commit to completing the
+        #: batch's futures (the event-log lag); for metrics.
+        self.on_handoff: Callable[[float], None] | None = None
+
+    @property
+    def queued_writes(self) -> int:
+        return self._queued
 
     # lifecycle --------------------------------------------------------------
     async def open(self) -> None:
@@ -303,13 +310,16 @@ class SqliteStore(Store):
                     conn.execute("ROLLBACK")
                 self._forget_state()
                 time.sleep(min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1)))
+        committed = time.perf_counter()
         if self.on_commit is not None:
-            self.on_commit(len(batch), time.perf_counter() - started)
+            self.on_commit(len(batch), committed - started)
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._resolve, batch, results)
+        self._loop.call_soon_threadsafe(self._resolve, batch, results, committed)
 
-    def _resolve(self, batch: list[_Op], results: list[tuple[bool, Any]]) -> None:
+    def _resolve(self, batch: list[_Op], results: list[tuple[bool, Any]], committed: float) -> None:
         """On the loop: complete futures in commit order (their callbacks run in that order)."""
+        if self.on_handoff is not None:
+            self.on_handoff(time.perf_counter() - committed)
         self._queued -= len(batch)
         for op, (ok, value) in zip(batch, results, strict=True):
             if op.future.done():
