@@ -4,6 +4,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
+CHROMIUM := /usr/bin/chromium
+# Root installs system packages directly; anyone else goes through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: run test lint fmt bench clean
 
 $(BIN)/python:
@@ -21,8 +25,16 @@ $(DEVSTAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/parley serve --host 127.0.0.1 --port 8080 --data-dir ./data
 
-test: $(DEVSTAMP)
+# The browser tests drive Debian's Chromium with Playwright (no browser download).
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
+
+test: $(DEVSTAMP) $(CHROMIUM)
 	$(BIN)/pytest -q
+
+bench: $(DEVSTAMP)
+	$(BIN)/parley bench $(ARGS)
 
 lint: $(DEVSTAMP)
 	$(BIN)/ruff check src tests
