@@ -481,6 +481,13 @@ export class Store extends EventTarget {
       return;
     }
     const isNew = m.seq > c.last_seq;
+    // A sender has read everything up to its own message (docs/protocol.md,
+    // "Sending"); no receipt is logged for that move, so infer it here.
+    const sender = c.members.find((x) => x.user_id === m.sender_id);
+    if (sender) {
+      sender.read_seq = Math.max(sender.read_seq, m.seq);
+      sender.delivered_seq = Math.max(sender.delivered_seq, m.seq);
+    }
     if (!c.last_message || m.seq >= c.last_message.seq) c.last_message = m;
     c.last_seq = Math.max(c.last_seq, m.seq);
     if (c.hidden) c.hidden = false;

@@ -112,7 +112,7 @@ export class ConversationList {
                 h("span", { class: "conv-preview-text" }, pv.text),
               ),
               unread
-                ? h("span", { class: "badge", "aria-label": `${unread} new`, title: `${unread} new` }, unread > 99 ? "99+" : String(unread))
+                ? h("span", { class: "badge", role: "img", "aria-label": `${unread} new`, title: `${unread} new` }, unread > 99 ? "99+" : String(unread))
                 : null,
             ),
           ),
