@@ -2,6 +2,7 @@
 
 from parley.client.client import (
     DEFAULT_SERVER,
+    PRESENCE_BATCH,
     ClientClosed,
     ClientEvent,
     Connected,
@@ -16,6 +17,7 @@ from parley.client.dedup import MessageDedup, SeqSet
 from parley.protocol.errors import ParleyError
 from parley.protocol.frames import AckFrame as Ack
 from parley.protocol.models import (
+    Contact,
     Conversation,
     ConversationEvent,
     Event,
@@ -24,7 +26,9 @@ from parley.protocol.models import (
     MessageEvent,
     MessagesPage,
     PresenceEvent,
+    PresenceStatus,
     ReceiptEvent,
+    SendResult,
     Session,
     TypingEvent,
     User,
@@ -32,10 +36,12 @@ from parley.protocol.models import (
 
 __all__ = [
     "DEFAULT_SERVER",
+    "PRESENCE_BATCH",
     "Ack",
     "ClientClosed",
     "ClientEvent",
     "Connected",
+    "Contact",
     "Conversation",
     "ConversationEvent",
     "Disconnected",
@@ -48,8 +54,10 @@ __all__ = [
     "ParleyClient",
     "ParleyError",
     "PresenceEvent",
+    "PresenceStatus",
     "ReceiptEvent",
     "Resync",
+    "SendResult",
     "SeqSet",
     "Session",
     "SessionRevoked",

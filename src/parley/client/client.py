@@ -49,12 +49,14 @@ from parley.protocol.frames import (
     SendFrame,
     TypingFrame,
 )
-from parley.protocol.limits import MAX_FRAME_BYTES
+from parley.protocol.limits import MAX_FRAME_BYTES, MAX_PAGE
 from parley.protocol.requests import check_body_size
 
 log = logging.getLogger("parley.client")
 
 DEFAULT_SERVER: Final = "http://127.0.0.1:8080"
+#: Users per `GET /v1/presence` call (the server refuses more).
+PRESENCE_BATCH: Final = 500
 
 T = TypeVar("T")
 
@@ -354,23 +356,39 @@ class ParleyClient:
         return await self._get("/v1/users", models.User, {"username": username})
 
     async def add_contact(self, user_id: str) -> None:
+        """Add a contact (idempotent). It lets *them* see *your* presence."""
         await self._request("PUT", f"/v1/contacts/{user_id}")
 
     async def remove_contact(self, user_id: str) -> None:
         await self._request("DELETE", f"/v1/contacts/{user_id}")
 
-    async def contacts(self) -> list[dict[str, Any]]:
-        """Contacts with their presence, as the server returns them."""
-        data = _decode(await self._request("GET", "/v1/contacts"), dict[str, Any])
-        contacts: list[dict[str, Any]] = data["contacts"]
-        return contacts
+    async def contacts(self) -> list[models.Contact]:
+        """Contacts with their presence, in one call (what a client pulls at start-up).
 
-    async def presence(self, user_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """`{user_id: {"status", "last_seen"}}` for the given users."""
-        params = {"user_ids": ",".join(user_ids)}
-        data = _decode(await self._request("GET", "/v1/presence", params=params), dict[str, Any])
-        presence: dict[str, dict[str, Any]] = data["presence"]
-        return presence
+        A contact's status is `unknown` unless they may be seen: they list you
+        as a contact too, or you share a conversation.
+        """
+        return (await self._get("/v1/contacts", models.ContactList)).contacts
+
+    async def presence(self, user_ids: Iterable[str]) -> dict[str, models.PresenceStatus]:
+        """`{user_id: PresenceStatus}` for the given users, duplicates collapsed.
+
+        The server answers at most `PRESENCE_BATCH` users per call; longer lists
+        are split into that many calls, made concurrently. Users whose presence
+        this user may not see come back with status `unknown`.
+        """
+        ids = list(dict.fromkeys(user_ids))
+        chunks = [ids[i : i + PRESENCE_BATCH] for i in range(0, len(ids), PRESENCE_BATCH)]
+        pages = await asyncio.gather(
+            *(
+                self._get("/v1/presence", models.PresenceMap, {"user_ids": ",".join(chunk)})
+                for chunk in chunks
+            )
+        )
+        merged: dict[str, models.PresenceStatus] = {}
+        for page in pages:
+            merged.update(page.presence)
+        return merged
 
     # --- conversations and messages -----------------------------------------
 
@@ -379,11 +397,6 @@ class ParleyClient:
         data = await self._request(
             "POST", "/v1/conversations", body={"type": "direct", "user_id": user_id}
         )
-        return _decode(data, models.Conversation)
-
-    async def create_group(self, title: str, member_ids: Iterable[str]) -> models.Conversation:
-        body = {"type": "group", "title": title, "member_ids": list(member_ids)}
-        data = await self._request("POST", "/v1/conversations", body=body)
         return _decode(data, models.Conversation)
 
     async def get_conversation(self, conversation_id: str) -> models.Conversation:
@@ -400,6 +413,78 @@ class ParleyClient:
             params["before"] = str(before)
         page = await self._get("/v1/conversations", models.ConversationList, params)
         return page.conversations
+
+    async def all_conversations(self, page_size: int = 100) -> list[models.Conversation]:
+        """Every conversation this user is a member of, most recent activity first.
+
+        Pages with `before=` the oldest activity seen (a conversation's activity
+        is its last message's `sent_at`, else its `created_at`). That bound is an
+        exclusive millisecond, so each next page starts one millisecond higher
+        and repeats are dropped; a page of nothing but repeats (many
+        conversations sharing one millisecond) is asked for again, larger, up to
+        the server's limit of 200. Beyond 200 in one millisecond, the protocol
+        offers no way to page further and the rest of that millisecond is skipped.
+        """
+        seen: dict[str, models.Conversation] = {}
+        before: int | None = None
+        size = page_size
+        while True:
+            page = await self.list_conversations(limit=size, before=before)
+            fresh = [c for c in page if c.conversation_id not in seen]
+            for conv in fresh:
+                seen[conv.conversation_id] = conv
+            if len(page) < size:
+                return list(seen.values())
+            oldest = min(_activity(c) for c in page)
+            if fresh:
+                before, size = oldest + 1, page_size
+            elif size < MAX_PAGE:
+                size = min(2 * size, MAX_PAGE)
+            else:
+                before = oldest
+
+    # --- groups ---------------------------------------------------------------
+
+    async def create_group(self, title: str, member_ids: Iterable[str]) -> models.Conversation:
+        """A new group with this user as its admin (at most 256 members by default:
+        more is `InvalidRequest` with code `too_many_members`)."""
+        body = {"type": "group", "title": title, "member_ids": list(member_ids)}
+        data = await self._request("POST", "/v1/conversations", body=body)
+        return _decode(data, models.Conversation)
+
+    async def add_member(self, conversation_id: str, user_id: str) -> None:
+        """Add a member (admins only: else `Forbidden`; idempotent).
+
+        A direct conversation is `InvalidRequest` with code `not_a_group`; a full
+        group, code `too_many_members`.
+        """
+        await self._request(
+            "POST", f"/v1/conversations/{conversation_id}/members", body={"user_id": user_id}
+        )
+
+    async def remove_member(self, conversation_id: str, user_id: str) -> None:
+        """Remove a member (admins only, or oneself: see `leave`).
+
+        The removed member receives nothing sent after and reads history only up to it.
+        """
+        await self._request("DELETE", f"/v1/conversations/{conversation_id}/members/{user_id}")
+
+    async def leave(self, conversation_id: str) -> None:
+        """Leave a group; if the admin leaves, the longest-standing member takes over."""
+        if not self.user_id:
+            raise InvalidRequest("own user id unknown: log in or connect first")
+        await self.remove_member(conversation_id, self.user_id)
+
+    async def rename_group(self, conversation_id: str, title: str) -> models.Conversation:
+        """Change a group's title (admins only); returns the updated conversation."""
+        data = await self._request(
+            "PATCH", f"/v1/conversations/{conversation_id}", body={"title": title}
+        )
+        return _decode(data, models.Conversation)
+
+    async def members(self, conversation_id: str) -> list[models.Member]:
+        """The current members with their role and delivered/read watermarks."""
+        return (await self.get_conversation(conversation_id)).members
 
     async def get_messages(
         self,
@@ -441,11 +526,18 @@ class ParleyClient:
         self, conversation_id: str, body: str, client_msg_id: str | None = None
     ) -> models.Message:
         """Send over HTTP (no socket needed); idempotent on `client_msg_id`."""
+        return (await self.post_message_result(conversation_id, body, client_msg_id)).message
+
+    async def post_message_result(
+        self, conversation_id: str, body: str, client_msg_id: str | None = None
+    ) -> models.SendResult:
+        """As `post_message`, with the whole answer: `peer_presence` is set when the
+        conversation is direct and the peer has no device online (as in the `ack`)."""
         payload = {"client_msg_id": client_msg_id or new_client_msg_id(), "body": body}
         data = await self._request(
             "POST", f"/v1/conversations/{conversation_id}/messages", body=payload
         )
-        return _decode(data, models.SendResult).message
+        return _decode(data, models.SendResult)
 
     async def mark_read(self, conversation_id: str, seq: int) -> None:
         """Move the read watermark over HTTP (it never moves backwards)."""
@@ -513,6 +605,8 @@ class ParleyClient:
         (same `client_msg_id`, so never duplicated) on every new socket. A send
         the server refuses for good fails the future with its `ParleyError`.
         Sends are written in call order, so they get their seqs in that order.
+        The ack's `peer_presence` is set when the conversation is direct and the
+        peer has no device online: the message waits for them ("sent, not delivered").
         """
         if self._closed:
             raise ClientClosed("client is closed")
@@ -881,6 +975,12 @@ def _handshake_error(exc: aiohttp.WSServerHandshakeError) -> ParleyError:
         return RateLimited(message)
     cls = _ERROR_CLASSES.get(exc.status, ParleyError)
     return cls(message, status=exc.status)
+
+
+def _activity(conversation: models.Conversation) -> int:
+    """When a conversation last had activity, as the server orders the list."""
+    last = conversation.last_message
+    return last.sent_at if last is not None else conversation.created_at
 
 
 def new_client_msg_id() -> str:
