@@ -15,11 +15,13 @@ from parley.protocol import frames, limits
 from parley.server.config import ServerConfig
 from parley.server.http import HttpApi, error_middleware
 from parley.server.hub import Hub
+from parley.server.push_routes import push_routes
 from parley.server.static import install_web
 from parley.server.ws import WsEndpoint
 from parley.services.accounts import AccountService, Principal, make_hasher
 from parley.services.messaging import MessagingService
 from parley.services.presence import PresenceService
+from parley.services.push import PushService
 from parley.storage.sqlite import SqliteStore
 
 log = logging.getLogger("parley")
@@ -54,8 +56,17 @@ def build_app(config: ServerConfig) -> web.Application:
         )
 
     accounts.on_logout = close_sockets
+    push = PushService(
+        store,
+        presence.is_connected,
+        config.data_dir,
+        allow_insecure=config.allow_insecure_push,
+        gateway=config.push_gateway,
+        preview=config.push_preview,
+    )
+    messaging.on_message = push.on_message
     ws = WsEndpoint(config, accounts, messaging, presence, hub, metrics)
-    api = HttpApi(config, accounts, messaging, presence, hub, ws, metrics)
+    api = HttpApi(config, accounts, messaging, presence, hub, ws, metrics, push_routes(push))
 
     app = web.Application(
         client_max_size=limits.MAX_HTTP_BODY_BYTES, middlewares=[error_middleware(metrics)]
@@ -65,12 +76,14 @@ def build_app(config: ServerConfig) -> web.Application:
 
     async def start(_: web.Application) -> None:
         await store.open()
+        await push.start()
 
     async def shutdown(_: web.Application) -> None:
         hub.close_all(frames.CLOSE_GOING_AWAY, "server shutting down")
 
     async def stop(_: web.Application) -> None:
         presence.close()
+        await push.close()
         await store.close()
         await bus.close()
 

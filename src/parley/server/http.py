@@ -130,6 +130,7 @@ class HttpApi:
         hub: Hub,
         ws: WsEndpoint,
         metrics: Metrics,
+        push_routes: list[Route] | None = None,
     ) -> None:
         self.metrics = metrics
         self.config = config
@@ -323,6 +324,7 @@ class HttpApi:
                 errors=(403, 429),
             ),
         ]
+        self.routes += push_routes or []
         self._openapi = _encode(build_openapi(self.routes))
 
     def install(self, app: web.Application) -> None:
