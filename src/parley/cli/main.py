@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from parley.server.config import add_serve_arguments, config_from_args
 
 if TYPE_CHECKING:
-    from parley.client import Conversation, Message, ParleyClient
+    from parley.client import Conversation, Message, ParleyClient, PresenceStatus, User
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -181,18 +182,86 @@ async def _whoami(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _user_named(client: ParleyClient, username: str) -> User:
+    from parley.protocol.errors import NotFound
+
+    try:
+        return await client.find_user(username)
+    except NotFound:
+        raise CliError(f"no user named {username!r}") from None
+
+
 async def _direct_with(client: ParleyClient, username: str) -> Conversation:
-    peer = await client.find_user(username)
+    peer = await _user_named(client, username)
     return await client.create_direct(peer.user_id)
+
+
+#: What a group id may look like when asked for directly (ids are opaque, but
+#: never contain what would change the URL they go into).
+_ID_LIKE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+async def _group(client: ParleyClient, ref: str) -> Conversation:
+    """The group `ref` names: a conversation id, else a unique title among this user's
+    conversations (exact, else ignoring case)."""
+    from parley.client import ParleyError
+
+    conversations = await client.all_conversations()
+    for conv in conversations:
+        if conv.conversation_id == ref:
+            if conv.type != "group":
+                raise CliError(f"{ref} is a direct conversation, not a group")
+            return conv
+    groups = [c for c in conversations if c.type == "group"]
+    matches = [c for c in groups if c.title == ref] or [
+        c for c in groups if (c.title or "").casefold() == ref.casefold()
+    ]
+    if len(matches) > 1:
+        ids = ", ".join(c.conversation_id for c in matches)
+        raise CliError(f"{len(matches)} groups are titled {ref!r}; name one by id: {ids}")
+    if matches:
+        return matches[0]
+    # Not a current conversation: perhaps a group this user was removed from,
+    # whose history stays readable up to the removal.
+    if _ID_LIKE.match(ref):
+        try:
+            conv = await client.get_conversation(ref)
+        except ParleyError as exc:
+            if exc.status not in (404, 405, 422):
+                raise
+        else:
+            if conv.type == "group":
+                return conv
+    raise CliError(f"no group {ref!r} among your conversations (see `parley group list`)")
+
+
+def _target(args: argparse.Namespace, *, with_text: bool) -> tuple[str | None, str | None]:
+    """`USERNAME [TEXT]`, or with `--group GROUP` just `[TEXT]`: (username, text)."""
+    given = [a for a in (args.username, getattr(args, "text", None)) if a is not None]
+    wanted = (1 if with_text else 0) + (0 if args.group else 1)
+    if len(given) != wanted:
+        usage = "USERNAME TEXT | --group GROUP TEXT" if with_text else "USERNAME | --group GROUP"
+        raise CliError(f"usage: parley {args.command} {usage}")
+    if args.group:
+        return None, given[0] if with_text else None
+    return given[0], given[1] if with_text else None
+
+
+async def _conversation_for(client: ParleyClient, args: argparse.Namespace) -> Conversation:
+    if args.group:
+        return await _group(client, args.group)
+    return await _direct_with(client, args.username)
 
 
 async def _send(args: argparse.Namespace) -> int:
     from parley.client import ParleyError
 
+    username, text = _target(args, with_text=True)
+    assert text is not None
     async with _client(args) as client:
-        conversation = await _direct_with(client, args.username)
+        conversation = await _conversation_for(client, args)
         await client.connect()
-        future = client.send(conversation.conversation_id, args.text)
+        future = client.send(conversation.conversation_id, text)
         try:
             ack = await asyncio.wait_for(future, args.timeout)
         except TimeoutError:
@@ -201,12 +270,19 @@ async def _send(args: argparse.Namespace) -> int:
                 code="timeout",
             ) from None
     print(ack.seq)
+    if ack.peer_presence is not None:
+        # On stderr: stdout stays the seq alone, for scripts.
+        print(
+            f"({username} is offline; will be delivered when they reconnect)",
+            file=sys.stderr,
+        )
     return 0
 
 
 async def _history(args: argparse.Namespace) -> int:
+    _target(args, with_text=False)
     async with _client(args) as client:
-        conversation = await _direct_with(client, args.username)
+        conversation = await _conversation_for(client, args)
         names = _Names(client)
         messages: list[Message] = []
         async for page in client.history(
@@ -217,6 +293,132 @@ async def _history(args: argparse.Namespace) -> int:
                 break
         for msg in messages[-args.limit :] if args.limit > 0 else []:
             print(f"#{msg.seq} {await names.user(msg.sender_id)}: {msg.body}")
+    return 0
+
+
+# --- contacts and presence ------------------------------------------------------
+
+
+def _ago(ms: int, now_ms: int | None = None) -> str:
+    """`just now`, `5 min ago`, `3 h ago`, `2 days ago`."""
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    seconds = max(0, now - ms) // 1000
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} days ago"
+
+
+def _presence_text(presence: PresenceStatus) -> str:
+    """`online`, `offline, last seen 5 min ago`, or `unknown` (not shared with you)."""
+    if presence.status == "offline" and presence.last_seen is not None:
+        return f"offline, last seen {_ago(presence.last_seen)}"
+    return presence.status
+
+
+def _table(rows: list[tuple[str, str]]) -> None:
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, text in rows:
+        print(f"{name.ljust(width)}  {text}")
+
+
+async def _contacts(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        if args.action in ("add", "remove"):
+            user = await _user_named(client, args.username)
+            if args.action == "add":
+                await client.add_contact(user.user_id)
+                print(f"added {user.username} to contacts")
+            else:
+                await client.remove_contact(user.user_id)
+                print(f"removed {user.username} from contacts")
+            return 0
+        contacts = sorted(await client.contacts(), key=lambda c: c.username)
+    if not contacts:
+        print("no contacts yet: `parley contacts add USERNAME`", file=sys.stderr)
+    _table([(c.username, _presence_text(c.presence)) for c in contacts])
+    return 0
+
+
+async def _presence(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        wanted = list(dict.fromkeys(args.usernames))
+        users = await asyncio.gather(*(_user_named(client, name) for name in wanted))
+        seen = await client.presence(u.user_id for u in users)
+    _table([(u.username, _presence_text(seen[u.user_id])) for u in users])
+    return 0
+
+
+# --- groups -------------------------------------------------------------------------
+
+
+async def _group_create(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        users = await asyncio.gather(*(_user_named(client, n) for n in args.usernames))
+        group = await client.create_group(args.title, [u.user_id for u in users])
+    print(group.conversation_id)
+    return 0
+
+
+async def _group_add(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        group = await _group(client, args.group)
+        user = await _user_named(client, args.username)
+        await client.add_member(group.conversation_id, user.user_id)
+    print(f"added {user.username} to {group.title}")
+    return 0
+
+
+async def _group_remove(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        group = await _group(client, args.group)
+        user = await _user_named(client, args.username)
+        await client.remove_member(group.conversation_id, user.user_id)
+    print(f"removed {user.username} from {group.title}")
+    return 0
+
+
+async def _group_leave(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        group = await _group(client, args.group)
+        await client.leave(group.conversation_id)
+    print(f"left {group.title}")
+    return 0
+
+
+async def _group_rename(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        group = await _group(client, args.group)
+        renamed = await client.rename_group(group.conversation_id, args.title)
+    print(f"renamed {group.title} to {renamed.title}")
+    return 0
+
+
+async def _group_list(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        groups = [c for c in await client.all_conversations() if c.type == "group"]
+    if not groups:
+        print("no groups yet: `parley group create TITLE USERNAME...`", file=sys.stderr)
+    for g in groups:
+        unread = f", {g.unread} unread" if g.unread else ""
+        print(f"{g.conversation_id}  {g.title}  ({len(g.members)} members{unread})")
+    return 0
+
+
+async def _group_members(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        group = await _group(client, args.group)
+        names = _Names(client)
+        members = await client.members(group.conversation_id)
+        seen = await client.presence(m.user_id for m in members if m.user_id != client.user_id)
+        rows = []
+        for m in members:
+            status = "(you)" if m.user_id == client.user_id else _presence_text(seen[m.user_id])
+            rows.append((await names.user(m.user_id), f"{m.role:<6}  {status}"))
+    _table(rows)
     return 0
 
 
@@ -264,6 +466,7 @@ async def _listen(args: argparse.Namespace) -> int:
         PresenceEvent,
         ReceiptEvent,
         Resync,
+        TypingEvent,
     )
 
     async with _client(args) as client:
@@ -289,10 +492,23 @@ async def _listen(args: argparse.Namespace) -> int:
                 conv = event.conversation
                 names.forget_conversation(conv.conversation_id)
                 label = await names.conversation(conv.conversation_id)
-                what = "new conversation" if conv.last_seq == 0 else "conversation updated"
+                if client.user_id not in [m.user_id for m in conv.members]:
+                    what = "you are no longer a member"
+                elif conv.last_seq == 0:
+                    what = "new conversation"
+                else:
+                    what = "conversation updated"
                 print(f"[{label}] ({what})", flush=True)
             elif isinstance(event, PresenceEvent):
-                print(f"* {await names.user(event.user_id)} is {event.status}", flush=True)
+                who = await names.user(event.user_id)
+                if event.status == "online":
+                    print(f"* {who} is online", flush=True)
+                elif event.status == "offline":
+                    print(f"* {who} went offline", flush=True)
+            elif isinstance(event, TypingEvent):
+                if args.typing:
+                    label = await names.conversation(event.conversation_id)
+                    print(f"[{label}] ({await names.user(event.user_id)} is typing)", flush=True)
             elif isinstance(event, Disconnected):
                 print(f"connection lost ({event.reason}); reconnecting", file=sys.stderr)
             elif isinstance(event, Connected) and event.reconnect:
@@ -377,17 +593,63 @@ def build_parser() -> argparse.ArgumentParser:
     client_cmd("logout", "end the profile's session", _logout)
     client_cmd("whoami", "show the profile's user", _whoami)
 
-    p = client_cmd("send", "send a direct message; prints its seq once acknowledged", _send)
-    p.add_argument("username")
-    p.add_argument("text")
+    group_help = "a group: its id, or its title if unique among your conversations"
+    p = client_cmd(
+        "send",
+        "send a message (USERNAME TEXT, or --group GROUP TEXT); prints its seq once acknowledged",
+        _send,
+    )
+    p.add_argument("username", nargs="?", metavar="USERNAME")
+    p.add_argument("text", nargs="?", metavar="TEXT")
+    p.add_argument("--group", help=group_help)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the ack")
 
-    p = client_cmd("listen", "print incoming messages and receipts live", _listen)
+    p = client_cmd("listen", "print incoming messages, receipts and presence live", _listen)
     p.add_argument("--count", type=int, default=0, help="exit after this many messages")
+    p.add_argument("--typing", action="store_true", help="also print who is typing")
 
-    p = client_cmd("history", "print a direct conversation's latest messages", _history)
-    p.add_argument("username")
+    p = client_cmd(
+        "history", "print a conversation's latest messages (USERNAME, or --group GROUP)", _history
+    )
+    p.add_argument("username", nargs="?", metavar="USERNAME")
+    p.add_argument("--group", help=group_help)
     p.add_argument("--limit", type=int, default=20)
+
+    p = client_cmd("contacts", "list contacts with presence; add or remove one", _contacts)
+    p.set_defaults(action=None)
+    actions = p.add_subparsers(dest="action", metavar="{add,remove}")
+    for action, help_ in (("add", "add a contact"), ("remove", "remove a contact")):
+        a = actions.add_parser(action, help=help_, parents=[common])
+        a.add_argument("username")
+
+    p = client_cmd("presence", "show whether users are online", _presence)
+    p.add_argument("usernames", nargs="+", metavar="USERNAME")
+
+    group_p = sub.add_parser("group", help="create, change and list groups", parents=[common])
+    group_sub = group_p.add_subparsers(dest="group_command", required=True)
+
+    def group_cmd(name: str, help_: str, func: Command) -> argparse.ArgumentParser:
+        g = group_sub.add_parser(name, help=help_, parents=[common])
+        g.set_defaults(func=_run(func))
+        return g
+
+    g = group_cmd("create", "create a group with you as admin; prints its id", _group_create)
+    g.add_argument("title")
+    g.add_argument("usernames", nargs="*", metavar="USERNAME")
+    g = group_cmd("add", "add a member (admins only)", _group_add)
+    g.add_argument("group", help=group_help)
+    g.add_argument("username")
+    g = group_cmd("remove", "remove a member (admins only)", _group_remove)
+    g.add_argument("group", help=group_help)
+    g.add_argument("username")
+    g = group_cmd("leave", "leave a group", _group_leave)
+    g.add_argument("group", help=group_help)
+    g = group_cmd("rename", "change a group's title (admins only)", _group_rename)
+    g.add_argument("group", help=group_help)
+    g.add_argument("title")
+    group_cmd("list", "list your groups: id, title, members", _group_list)
+    g = group_cmd("members", "list a group's members with role and presence", _group_members)
+    g.add_argument("group", help=group_help)
     return parser
 
 
