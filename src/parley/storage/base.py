@@ -20,10 +20,16 @@ from __future__ import annotations
 
 import abc
 import asyncio
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from parley.protocol.models import Conversation, LoggedEvent, Member, Message
+
+#: Messages kept in memory per cached conversation: a whole default page, so the
+#: page a chat opens at never touches disk (the design says "the last 15"; a
+#: page of 50 is what clients ask for).
+RECENT_MESSAGES = 50
 
 
 @dataclass(slots=True)
@@ -78,6 +84,9 @@ class ConversationRecord:
     last_message: Message | None = None
     #: Bumped by every change that logs a `conversation` event (its snapshot key).
     version: int = 0
+    #: The newest messages, ascending and contiguous up to `last_seq` (design
+    #: section 7's cache of what a chat opens at).
+    recent: deque[Message] = field(default_factory=lambda: deque(maxlen=RECENT_MESSAGES))
 
     def snapshot(self) -> ConversationRecord:
         """A copy the caller may keep while the writer goes on changing the original."""
@@ -85,6 +94,7 @@ class ConversationRecord:
             self,
             members={u: replace(m) for u, m in self.members.items()},
             former=dict(self.former),
+            recent=self.recent.copy(),
         )
 
     def visible_seq(self, user_id: str) -> int | None:

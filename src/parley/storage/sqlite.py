@@ -20,6 +20,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +45,7 @@ from parley.protocol.models import (
     ReceiptEvent,
 )
 from parley.storage.base import (
+    RECENT_MESSAGES,
     Committed,
     ConversationChange,
     ConversationRecord,
@@ -56,6 +58,7 @@ from parley.storage.base import (
     UserEvent,
     UserRecord,
 )
+from parley.storage.cache import ConversationCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -207,6 +210,10 @@ class SqliteStore(Store):
         self._wconn: sqlite3.Connection | None = None
         self._convs: dict[str, ConversationRecord | None] = {}
         self._cursors: dict[str, int] = {}
+        #: Conversations changed by the batch being written; snapshotted at commit.
+        self._dirty: set[str] = set()
+        # Read on the loop only; filled in commit order from writer snapshots.
+        self.cache = ConversationCache()
         #: Called on the writer thread with (batch size, commit seconds); for metrics.
         self.on_commit: Callable[[int, float], None] | None = None
         #: Called on the loop with the seconds from commit to completing the
@@ -330,6 +337,8 @@ class SqliteStore(Store):
                 op.future.set_exception(value)
 
     def _forget_state(self) -> None:
+        """Drop writer state after a rollback; it reloads from disk (inside the
+        open transaction, if any, so it sees that transaction's own writes)."""
         self._convs.clear()
         self._cursors.clear()
 
@@ -447,6 +456,7 @@ class SqliteStore(Store):
             members=members,
         )
         self._convs[conversation_id] = record
+        self._dirty.add(conversation_id)
         return record
 
     def _log_conversation(
@@ -459,6 +469,7 @@ class SqliteStore(Store):
         entry keeps only that user's unread count.
         """
         record.version += 1
+        self._dirty.add(record.conversation_id)
         conn.execute(
             "UPDATE conversations SET version = ? WHERE conversation_id = ?",
             (record.version, record.conversation_id),
@@ -625,6 +636,9 @@ class SqliteStore(Store):
         )
 
     async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
+        cached = self.cache.get(conversation_id)
+        if cached is not None:
+            return cached
         return await self._read(_load_conversation, conversation_id)
 
     async def list_conversations(
@@ -702,6 +716,8 @@ class SqliteStore(Store):
             (seq, seq, conversation_id, sender_id),
         )
         conv.last_seq, conv.last_activity, conv.last_message = seq, now, message
+        conv.recent.append(message)
+        self._dirty.add(conversation_id)
         for member in conv.members.values():
             if member.user_id == sender_id:
                 member.delivered_seq = member.read_seq = seq
@@ -726,6 +742,11 @@ class SqliteStore(Store):
         limit: int,
         upto: int | None = None,
     ) -> tuple[list[Message], bool]:
+        cached = self.cache.get(conversation_id)
+        if cached is not None:
+            page = self.cache.page(cached, before, after, limit, upto)
+            if page is not None:
+                return page
         return await self._read(_select_messages, conversation_id, before, after, limit, upto)
 
     def move_watermark(
@@ -770,6 +791,7 @@ class SqliteStore(Store):
             " WHERE conversation_id = ? AND user_id = ?",
             (member.delivered_seq, member.read_seq, member.unread, conversation_id, user_id),
         )
+        self._dirty.add(conversation_id)
         payload = _small_json.encode({"user_id": user_id, "status": status})
         if conv.type == "direct":
             audience: Iterable[str] = conv.members
@@ -892,17 +914,17 @@ def _load_members(conn: sqlite3.Connection, records: list[ConversationRecord]) -
             record.former[row[1]] = row[7]
 
 
-def _last_message(conn: sqlite3.Connection, conversation_id: str, seq: int) -> Message | None:
-    if seq == 0:
-        return None
-    row = conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND seq = ?",
-        (conversation_id, seq),
-    ).fetchone()
-    return _message(row) if row else None
+def _recent_messages(conn: sqlite3.Connection, conversation_id: str) -> deque[Message]:
+    rows = conn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?"
+        " ORDER BY seq DESC LIMIT ?",
+        (conversation_id, RECENT_MESSAGES),
+    ).fetchall()
+    return deque((_message(r) for r in reversed(rows)), maxlen=RECENT_MESSAGES)
 
 
 def _conversation_from_row(conn: sqlite3.Connection, row: Sequence[Any]) -> ConversationRecord:
+    recent = _recent_messages(conn, row[0])
     return ConversationRecord(
         conversation_id=row[0],
         type=row[1],
@@ -911,7 +933,8 @@ def _conversation_from_row(conn: sqlite3.Connection, row: Sequence[Any]) -> Conv
         last_seq=row[4],
         last_activity=row[5],
         version=row[6],
-        last_message=_last_message(conn, row[0], row[4]),
+        last_message=recent[-1] if recent else None,
+        recent=recent,
     )
 
 
