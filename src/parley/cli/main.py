@@ -403,8 +403,13 @@ async def _group_list(args: argparse.Namespace) -> int:
     if not groups:
         print("no groups yet: `parley group create TITLE USERNAME...`", file=sys.stderr)
     for g in groups:
-        unread = f", {g.unread} unread" if g.unread else ""
-        print(f"{g.conversation_id}  {g.title}  ({len(g.members)} members{unread})")
+        if client.user_id not in [m.user_id for m in g.members]:
+            # The server keeps groups one was removed from (or left) listed:
+            # their history stays readable up to that point.
+            note = "no longer a member"
+        else:
+            note = f"{len(g.members)} members" + (f", {g.unread} unread" if g.unread else "")
+        print(f"{g.conversation_id}  {g.title}  ({note})")
     return 0
 
 
