@@ -27,39 +27,49 @@ from parley.bench.workers import Pool
 
 NAMES = [*SCENARIOS, "baseline"]
 
-#: (scenario, metric key, label, unit, better): the rows of the table, in order.
-ROWS: list[tuple[str, str, str, str, Better]] = [
-    ("throughput", "messages_per_s", "1:1 fully done", "msg/s", "higher"),
-    ("throughput", "done_p50_ms", "send->receipt p50", "ms", "lower"),
-    ("throughput", "done_p99_ms", "send->receipt p99", "ms", "lower"),
-]
-for _r in ("1k", "5k", "10k"):
-    ROWS += [
-        ("latency", f"{_r}_achieved_per_s", f"@{_r}/s delivered", "msg/s", "higher"),
-        ("latency", f"{_r}_ack_p50_ms", f"@{_r}/s send->ack p50", "ms", "lower"),
-        ("latency", f"{_r}_ack_p99_ms", f"@{_r}/s send->ack p99", "ms", "lower"),
-        ("latency", f"{_r}_deliver_p50_ms", f"@{_r}/s send->deliver p50", "ms", "lower"),
-        ("latency", f"{_r}_deliver_p99_ms", f"@{_r}/s send->deliver p99", "ms", "lower"),
-        ("latency", f"{_r}_deliver_p99.9_ms", f"@{_r}/s send->deliver p99.9", "ms", "lower"),
+Spec = tuple[str, str, str, str, Better]
+
+
+def rate_key(rate: int) -> str:
+    """1000 -> "1k"; the latency scenario names its metrics by this."""
+    return f"{rate // 1000}k" if rate % 1000 == 0 else str(rate)
+
+
+def row_specs(rates: list[int]) -> list[Spec]:
+    """(scenario, metric key, label, unit, better): the rows of the table, in order."""
+    rows: list[Spec] = [
+        ("throughput", "messages_per_s", "1:1 fully done", "msg/s", "higher"),
+        ("throughput", "done_p50_ms", "send->receipt p50", "ms", "lower"),
+        ("throughput", "done_p99_ms", "send->receipt p99", "ms", "lower"),
     ]
-ROWS += [
-    ("connections", "open", "idle sockets open", "conns", "higher"),
-    ("connections", "connect_per_s", "connect rate", "conn/s", "higher"),
-    ("connections", "rss_per_conn_kib", "server RSS per socket", "KiB", "lower"),
-    ("connections", "probe_deliver_p99_ms", "chat p99 while open", "ms", "lower"),
-    ("history", "newest_p50_ms", "newest page p50", "ms", "lower"),
-    ("history", "newest_p99_ms", "newest page p99", "ms", "lower"),
-    ("history", "deep_p50_ms", "deep page p50", "ms", "lower"),
-    ("history", "deep_p99_ms", "deep page p99", "ms", "lower"),
-    ("history", "seed_per_s", "seeding (pipelined)", "msg/s", "higher"),
-    ("catchup", "catchup_median_s", "time to current", "s", "lower"),
-    ("catchup", "events_per_s", "replay rate", "events/s", "higher"),
-    ("group", "messages_per_s", "group messages", "msg/s", "higher"),
-    ("group", "deliveries_per_s", "group deliveries", "deliv/s", "higher"),
-    ("group", "last_member_p50_ms", "to last member p50", "ms", "lower"),
-    ("group", "last_member_p99_ms", "to last member p99", "ms", "lower"),
-    ("group", "deliveries_vs_1to1", "deliveries / 1:1 msg/s", "x", "higher"),
-]
+    for r in map(rate_key, rates):
+        rows += [
+            ("latency", f"{r}_achieved_per_s", f"@{r}/s delivered", "msg/s", "higher"),
+            ("latency", f"{r}_ack_p50_ms", f"@{r}/s send->ack p50", "ms", "lower"),
+            ("latency", f"{r}_ack_p99_ms", f"@{r}/s send->ack p99", "ms", "lower"),
+            ("latency", f"{r}_deliver_p50_ms", f"@{r}/s send->deliver p50", "ms", "lower"),
+            ("latency", f"{r}_deliver_p99_ms", f"@{r}/s send->deliver p99", "ms", "lower"),
+            ("latency", f"{r}_deliver_p99.9_ms", f"@{r}/s send->deliver p99.9", "ms", "lower"),
+        ]
+    rows += [
+        ("connections", "open", "idle sockets open", "conns", "higher"),
+        ("connections", "connect_per_s", "connect rate", "conn/s", "higher"),
+        ("connections", "rss_per_conn_kib", "server RSS per socket", "KiB", "lower"),
+        ("connections", "probe_deliver_p99_ms", "chat p99 while open", "ms", "lower"),
+        ("history", "newest_p50_ms", "newest page p50", "ms", "lower"),
+        ("history", "newest_p99_ms", "newest page p99", "ms", "lower"),
+        ("history", "deep_p50_ms", "deep page p50", "ms", "lower"),
+        ("history", "deep_p99_ms", "deep page p99", "ms", "lower"),
+        ("history", "seed_per_s", "seeding (pipelined)", "msg/s", "higher"),
+        ("catchup", "catchup_median_s", "time to current", "s", "lower"),
+        ("catchup", "events_per_s", "replay rate", "events/s", "higher"),
+        ("group", "messages_per_s", "group messages", "msg/s", "higher"),
+        ("group", "deliveries_per_s", "group deliveries", "deliv/s", "higher"),
+        ("group", "last_member_p50_ms", "to last member p50", "ms", "lower"),
+        ("group", "last_member_p99_ms", "to last member p99", "ms", "lower"),
+        ("group", "deliveries_vs_1to1", "deliveries / 1:1 msg/s", "x", "higher"),
+    ]
+    return rows
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--latency-pairs", type=int)
     g.add_argument("--latency-duration", type=float)
     g.add_argument("--connections", type=int, help="idle sockets (19000 for the issue's target)")
+    g.add_argument("--probe-duration", type=float, help="connections: chat probe seconds")
     g.add_argument("--history-messages", type=int)
     g.add_argument("--history-requests", type=int)
     g.add_argument("--catchup-messages", type=int)
@@ -172,6 +183,13 @@ async def run_all(
     args: argparse.Namespace, scenarios: list[str], on_parley: bool, on_baseline: bool
 ) -> dict[str, Any]:
     sizes = sizes_from(args)
+    machine = report.machine()
+    load = machine["load_average_at_start"]
+    if load and load[0] > 0.5:
+        Progress(args.quiet).note(
+            f"warning: load average {load[0]} before starting: other work on this machine "
+            "will show up in the figures"
+        )
     server_core, load_cores = (None, None) if args.no_pin else plan_cores()
     if load_cores:
         os.sched_setaffinity(0, load_cores)
@@ -201,8 +219,9 @@ async def run_all(
                 target.stop()
     finally:
         pool.close()
+    machine["load_average_at_end"] = report.load_average()
     return {
-        "machine": report.machine(),
+        "machine": machine,
         "git": report.git_revision(),
         "sizes": vars(sizes),
         "full": bool(args.full),
@@ -216,7 +235,7 @@ async def run_all(
 def rows_for(data: dict[str, Any], scenarios: list[str]) -> list[Row]:
     rows: list[Row] = []
     res = data["results"]
-    for scenario, key, label, unit, better in ROWS:
+    for scenario, key, label, unit, better in row_specs(data["sizes"]["rates"]):
         if scenario not in scenarios:
             continue
         vals = []
@@ -262,6 +281,9 @@ def main(argv: list[str]) -> int:
         f"Linux {m['kernel']}; git {str(g['revision'])[:12]}{' (dirty)' if g['dirty'] else ''}; "
         f"{'full' if args.full else 'quick'} sizes, {data['seconds']}s"
     )
+    load = (m.get("load_average_at_start") or [0.0])[0]
+    if load > 0.5:
+        print(f"note: load average {load} when the run started: not a quiet machine")
     print()
     print(report.table(rows, data["skipped"]))
     if args.json is not None:

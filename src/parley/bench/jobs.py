@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -134,6 +135,8 @@ class Chat:
         self.lag: list[int] = []
         self.buckets: list[int] = []
         self.sending = False
+        #: client_msg_ids must be new on every run: a resent id is deduplicated
+        self.tag = secrets.token_hex(4)
 
     async def open(self) -> None:
         url = self.args["ws_url"]
@@ -153,7 +156,7 @@ class Chat:
     def send_one(self, p: _Pair) -> None:
         ts = now_ns()
         p.n += 1
-        cmid = f"{p.idx}.{p.n}"
+        cmid = f"{self.tag}.{p.idx}.{p.n}"
         p.pending[cmid] = ts
         p.inflight += 1
         self.sent += 1
@@ -309,10 +312,13 @@ async def seed_job(ctx: WorkerCtx, args: SeedArgs) -> dict[str, Any]:
     state = {"acked": 0, "sent": 0}
     conns: list[Conn] = []
 
-    class _S:
-        __slots__ = ("inflight", "left", "n", "prefix")
+    tag = args["tag"] + secrets.token_hex(4) + "."
 
-        def __init__(self, left: int, prefix: bytes) -> None:
+    class _S:
+        __slots__ = ("idx", "inflight", "left", "n", "prefix")
+
+        def __init__(self, idx: int, left: int, prefix: bytes) -> None:
+            self.idx = idx
             self.inflight = self.n = 0
             self.left = left
             self.prefix = prefix
@@ -324,7 +330,7 @@ async def seed_job(ctx: WorkerCtx, args: SeedArgs) -> dict[str, Any]:
             s.left -= 1
             s.inflight += 1
             state["sent"] += 1
-            conn.send(send_frame(s.prefix, f"{args['tag']}{id(s)}.{s.n}", "seed " + FILLER))
+            conn.send(send_frame(s.prefix, f"{tag}{s.idx}.{s.n}", "seed " + FILLER))
 
     def on_frame(conn: Conn, f: Frame) -> None:
         if f.type == "ack":
@@ -336,9 +342,9 @@ async def seed_job(ctx: WorkerCtx, args: SeedArgs) -> dict[str, Any]:
         elif f.type == "error" and not done.done():
             done.set_exception(BenchError(f"seeding refused: {f.code} {f.message}"))
 
-    for spec in args["seeds"]:
+    for i, spec in enumerate(args["seeds"]):
         c = await connect(args["ws_url"], spec["token"], on_frame=on_frame)
-        c.state = _S(spec["count"], send_prefix(spec["conversation_id"]))
+        c.state = _S(i, spec["count"], send_prefix(spec["conversation_id"]))
         conns.append(c)
     t0 = now_ns()
     for c in conns:
@@ -542,13 +548,14 @@ async def group_job(ctx: WorkerCtx, args: GroupArgs) -> dict[str, Any]:
     state = {"inflight": 0, "sent": 0, "full": 0, "sending": False, "end": 0}
     sender: Conn | None = None
     prefix = send_prefix(cid)
+    tag = secrets.token_hex(4)
 
     def send_one() -> None:
         assert sender is not None
         state["sent"] += 1
         state["inflight"] += 1
         ts = now_ns()
-        sender.send(send_frame(prefix, f"g{state['sent']}", f"{ts:019d} {FILLER}"))
+        sender.send(send_frame(prefix, f"g{tag}.{state['sent']}", f"{ts:019d} {FILLER}"))
 
     def on_member(conn: Conn, f: Frame) -> None:
         if f.type != "message":

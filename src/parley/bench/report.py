@@ -17,7 +17,7 @@ def percentile(sorted_values: list[int] | list[float], q: float) -> float | None
     """Nearest-rank percentile of already sorted values (q in 0..100)."""
     if not sorted_values:
         return None
-    k = min(len(sorted_values) - 1, max(0, math.ceil(q / 100 * len(sorted_values)) - 1))
+    k = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values) / 100 - 1e-9) - 1))
     return float(sorted_values[k])
 
 
@@ -151,8 +151,16 @@ def git_revision() -> dict[str, Any]:
     return {"revision": rev or None, "dirty": bool(dirty) if rev else None}
 
 
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def machine() -> dict[str, Any]:
     return {
+        "load_average_at_start": load_average(),
         "cpu_model": _cpu_model(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),

@@ -37,6 +37,7 @@ class Sizes:
     latency_duration: float = 4.0
     connections: int = 2000
     probe_rate: int = 1000
+    probe_duration: float = 3.0
     history_messages: int = 20_000
     history_requests: int = 300
     catchup_messages: int = 10_000
@@ -256,7 +257,7 @@ async def latency(ctx: Ctx) -> dict[str, Any]:
             s.latency_duration,
         )
         by_rate[str(rate)] = res
-        k = f"{rate // 1000}k" if rate % 1000 == 0 else str(rate)
+        k = f"{rate // 1000}k" if rate % 1000 == 0 else str(rate)  # as cli.rate_key
         metrics[f"{k}_achieved_per_s"] = res["delivered_per_s"]
         for what in ("ack", "deliver"):
             for q in ("p50", "p99", "p99.9"):
@@ -274,7 +275,9 @@ async def connections(ctx: Ctx) -> dict[str, Any]:
     procs = max(ctx.workers, math.ceil(n / SOCKETS_PER_PROCESS))
     chunks = split(tokens, procs)
     loopback = ctx.target.host in ("127.0.0.1", "localhost")
-    probe = chat_args(ctx, probe_pairs, rate=float(s.probe_rate), duration=3.0, warmup=0.5)
+    probe = chat_args(
+        ctx, probe_pairs, rate=float(s.probe_rate), duration=s.probe_duration, warmup=0.5
+    )
     probe[0]["pairs"] = probe_pairs
     probe[0]["rate"] = float(s.probe_rate)
     args = [
@@ -310,7 +313,7 @@ async def connections(ctx: Ctx) -> dict[str, Any]:
     per_conn = None
     if rss["before_kib"] is not None and rss["after_kib"] is not None and opened:
         per_conn = (rss["after_kib"] - rss["before_kib"]) / opened
-    probe_res = merge_chat([results[0]["probe"]], 3.0)
+    probe_res = merge_chat([results[0]["probe"]], s.probe_duration)
     return {
         "requested": n,
         "opened": opened,
