@@ -141,7 +141,9 @@ function showMain() {
     shell.classList.add("show-chat");
     chat.mount();
     render();
-    if (!matchMedia("(pointer: coarse)").matches || document.activeElement === document.body) chat.input.focus();
+    // Focus the composer where a keyboard is at hand; on touch screens that
+    // would pop up the on-screen keyboard over the conversation.
+    if (!matchMedia("(pointer: coarse)").matches) chat.input.focus();
   }
 
   function render() {

@@ -155,7 +155,7 @@ export function newGroupDialog(store, { onOpen }) {
       if (u.user_id === store.me.user_id) throw new ApiError(422, "self", "You’re in the group already.");
       picked.set(u.username, u);
       store.users.set(u.user_id, u);
-      user.input.value = "";
+      if (user.input.value.trim() === v) user.input.value = "";
       renderChips();
     } catch (err) {
       error.textContent = errorText(err);
