@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import email.utils
 import hashlib
@@ -456,7 +457,9 @@ class PushService:
         gateway: str | None = None,
         preview: bool = True,
         min_interval: float = 5.0,
-        workers: int = 8,
+        workers: int = 16,
+        per_origin: int = 8,
+        per_user: int = 4,
         intake_size: int = 10_000,
         max_slots: int = 50_000,
         timeout: float = 10.0,
@@ -474,6 +477,10 @@ class PushService:
         self.preview = preview
         self.min_interval = min_interval
         self._n_workers = workers
+        self._per_origin = per_origin
+        self._per_user = per_user
+        self._busy: dict[str, int] = {}
+        self._waiting: dict[str, collections.deque[SlotKey]] = {}
         self._max_slots = max_slots
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 5.0))
         self._max_attempts = max_attempts
@@ -679,6 +686,17 @@ class PushService:
         self._timers.add(handle)
 
     # delivery ------------------------------------------------------------------------------------
+    def _lanes(self, slot: _Slot) -> list[tuple[str, int]]:
+        """Concurrency lanes a send occupies, with their limits: one slow or hanging
+        push service (or one user's many subscriptions) cannot hold every worker."""
+        if slot.key[0] == "gateway":
+            return []
+        assert slot.sub is not None
+        return [
+            ("origin " + _origin(slot.sub.endpoint, port=True), self._per_origin),
+            ("user " + slot.sub.user_id, self._per_user),
+        ]
+
     async def _worker(self) -> None:
         while True:
             key = await self._ready.get()
@@ -687,31 +705,57 @@ class PushService:
                 if slot is not None:
                     slot.scheduled = False
                 continue
-            slot.scheduled = False
-            slot.inflight = True
-            note, count = slot.latest, slot.count
-            slot.latest, slot.count = None, 0
+            lanes = self._lanes(slot)
+            full = next((lane for lane, cap in lanes if self._busy.get(lane, 0) >= cap), None)
+            if full is not None:
+                self._waiting.setdefault(full, collections.deque()).append(key)
+                continue  # still `scheduled`: it runs when that lane frees up
+            for lane, _ in lanes:
+                self._busy[lane] = self._busy.get(lane, 0) + 1
             try:
-                await self._deliver(slot, note, count)
-            except asyncio.CancelledError:
-                raise
-            except _Retry as retry:
-                self._retry(slot, note, count, retry.delay)
-            except Exception:
-                log.exception("push delivery failed")
-                slot.attempt = 0
-                self.stats.failed += 1
-            else:
-                slot.attempt = 0
-                slot.last_sent = time.monotonic()
+                await self._send_slot(slot)
             finally:
-                slot.inflight = False
-            if self._slots.get(key) is not slot:
-                continue  # removed meanwhile (410, unsubscribe)
-            if slot.latest is not None and not slot.scheduled:
-                self._schedule(slot, slot.last_sent + self.min_interval - time.monotonic())
-            elif slot.latest is None:
-                self._forget_later(key)
+                for lane, _ in lanes:
+                    self._release_lane(lane)
+
+    def _release_lane(self, lane: str) -> None:
+        left = self._busy[lane] - 1
+        if left:
+            self._busy[lane] = left
+        else:
+            del self._busy[lane]
+        queue = self._waiting.get(lane)
+        if queue:
+            self._ready.put_nowait(queue.popleft())
+            if not queue:
+                del self._waiting[lane]
+
+    async def _send_slot(self, slot: _Slot) -> None:
+        assert slot.latest is not None
+        key = slot.key
+        slot.scheduled = False
+        slot.inflight = True
+        note, count = slot.latest, slot.count
+        slot.latest, slot.count = None, 0
+        try:
+            await self._deliver(slot, note, count)
+        except _Retry as retry:
+            self._retry(slot, note, count, retry.delay)
+        except Exception:
+            log.exception("push delivery failed")
+            slot.attempt = 0
+            self.stats.failed += 1
+        else:
+            slot.attempt = 0
+            slot.last_sent = time.monotonic()
+        finally:
+            slot.inflight = False
+        if self._slots.get(key) is not slot:
+            return  # removed meanwhile (410, unsubscribe)
+        if slot.latest is not None and not slot.scheduled:
+            self._schedule(slot, slot.last_sent + self.min_interval - time.monotonic())
+        elif slot.latest is None:
+            self._forget_later(key)
 
     def _retry(self, slot: _Slot, note: Note, count: int, delay: float | None) -> None:
         slot.attempt += 1
@@ -830,13 +874,14 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _origin(url: str) -> str:
+def _origin(url: str, *, port: bool = False) -> str:
     """Where a push went, for logs: endpoints are capabilities and stay out of them."""
     try:
         parts = urlsplit(url)
+        where = f"{parts.scheme}://{parts.hostname}"
+        return f"{where}:{parts.port}" if port and parts.port else where
     except ValueError:
         return "?"
-    return f"{parts.scheme}://{parts.hostname}"
 
 
 def _where(slot: _Slot) -> str:
