@@ -210,7 +210,10 @@ async def test_groups_from_the_command_line(tmp_path: Path, presence_server: Ser
     assert "no group" in failed(await parley(env, "--profile", ann, "history", "--group", title))
 
     # A removed member reads up to the removal (by id) and can send no more.
-    ok(await parley(env, "--profile", ann, "group", "remove", renamed, cal))
+    async with listening(env, cal) as cal_listen:
+        ok(await parley(env, "--profile", ann, "group", "remove", renamed, cal))
+        told = await line_where(cal_listen, lambda ln: ln.startswith(f"[{renamed}] ("))
+        assert told == f"[{renamed}] (you are no longer a member)"
     ok(await parley(env, "--profile", ann, "send", "--group", gid, "after cal"))
     assert ok(await parley(env, "--profile", cal, "history", "--group", gid)).splitlines() == (
         history.splitlines()
