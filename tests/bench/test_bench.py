@@ -14,6 +14,7 @@ import pytest
 from parley.bench import main
 from parley.bench.cli import choose
 from parley.bench.report import percentile, summarize_us
+from parley.bench.scenarios import SCENARIOS
 from tests.harness import ServerProcess
 
 TINY = [
@@ -87,6 +88,7 @@ def test_throughput(report: Any, target: str) -> None:
     assert 0 < m["done_p50_ms"] <= m["done_p99_ms"] < 5000
     res = report["results"][target]["throughput"]
     assert res["errors"] == {}
+    assert 0 < m["server_cpu_pct"] <= 110 and 0 < m["load_cpu_pct"] <= 110
     assert sum(res["per_second"]) > 0
 
 
@@ -145,7 +147,7 @@ def test_ratio_column(report: Any) -> None:
 
 
 def test_scenario_selection() -> None:
-    assert choose([]) == (choose(["throughput"])[0] + choose([])[0][1:], True, True)
+    assert choose([]) == (list(SCENARIOS), True, True)
     assert choose(["throughput"]) == (["throughput"], True, False)
     assert choose(["latency", "baseline"]) == (["latency"], True, True)
     names, parley, baseline = choose(["baseline"])

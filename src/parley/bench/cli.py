@@ -41,6 +41,8 @@ def row_specs(rates: list[int]) -> list[Spec]:
         ("throughput", "messages_per_s", "1:1 fully done", "msg/s", "higher"),
         ("throughput", "done_p50_ms", "send->receipt p50", "ms", "lower"),
         ("throughput", "done_p99_ms", "send->receipt p99", "ms", "lower"),
+        ("throughput", "server_cpu_pct", "server CPU busy", "%", "lower"),
+        ("throughput", "load_cpu_pct", "load generator CPU busy", "%", "lower"),
     ]
     for r in map(rate_key, rates):
         rows += [

@@ -225,6 +225,16 @@ class Chat:
         self.end = self.m1
         self.buckets = [0] * (int((a["warmup"] + a["duration"] + a["drain"]) * 10) + 2)
         self.sending = True
+        cpu_at: list[float] = []
+        wall_at: list[int] = []
+
+        def mark_cpu() -> None:
+            cpu_at.append(time.process_time())
+            wall_at.append(now_ns())
+
+        loop = asyncio.get_running_loop()
+        loop.call_at(loop.time() + (self.m0 - now_ns()) / 1e9, mark_cpu)
+        loop.call_at(loop.time() + (self.m1 - now_ns()) / 1e9, mark_cpu)
         if self.window:
             for p in self.pairs:
                 for _ in range(self.window):
@@ -243,7 +253,11 @@ class Chat:
         ctx.progress(force=True, sent=self.sent, done=self.done_total)
         conns = self.conns()
         _close_all(conns)
+        busy = None
+        if len(cpu_at) == 2:
+            busy = (cpu_at[1] - cpu_at[0]) / ((wall_at[1] - wall_at[0]) / 1e9)
         return {
+            "load_cpu_busy": busy,
             "sent": self.sent,
             "completed_in_window": self.completed,
             "unfinished": sum(p.inflight for p in self.pairs),

@@ -83,6 +83,8 @@ def write_plots(data: dict[str, Any], out_dir: Path) -> list[Path]:
     if series:
         fig, ax = plt.subplots(figsize=(10, 4.5))
         for t, ys in series.items():
+            while ys and ys[-1] == 0:
+                ys = ys[:-1]
             xs = [i / 10 for i in range(len(ys))]
             ax.plot(xs, ys, color=COLORS.get(t), label=t, linewidth=1.2)
         warm = data.get("sizes", {}).get("warmup")

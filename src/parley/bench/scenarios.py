@@ -174,6 +174,28 @@ class Ctx:
     async def run(self, job: str, args: list[Any], **kw: Any) -> list[Any]:
         return await self.pool.run(job, args, progress=self.progress.update, **kw)
 
+    async def run_chat(self, args: list[ChatArgs]) -> dict[str, Any]:
+        """A chat job, with the server's CPU use over the measuring window."""
+        a = args[0]
+        cpu: list[float | None] = []
+
+        async def on_barrier(round_: int, infos: list[Any]) -> None:
+            async def sample(delay: float) -> None:
+                await asyncio.sleep(delay)
+                cpu.append(self.target.cpu_seconds())
+
+            start = 0.1 + a["warmup"]  # workers start 100 ms after the barrier
+            tasks.append(asyncio.create_task(sample(start)))
+            tasks.append(asyncio.create_task(sample(start + a["duration"])))
+
+        tasks: list[asyncio.Task[None]] = []
+        results = await self.run("chat", list(args), on_barrier=on_barrier)
+        await asyncio.gather(*tasks)
+        merged = merge_chat(results, a["duration"])
+        if len(cpu) == 2 and cpu[0] is not None and cpu[1] is not None:
+            merged["server_cpu_busy"] = (cpu[1] - cpu[0]) / a["duration"]
+        return merged
+
 
 def split(items: list[Any], k: int) -> list[list[Any]]:
     """Round-robin items into k non-empty lists (fewer if there are fewer items)."""
@@ -192,7 +214,10 @@ def merge_chat(results: list[dict[str, Any]], duration: float) -> dict[str, Any]
         for k, v in r["errors"].items():
             errors[k] = errors.get(k, 0) + v
     completed = sum(r["completed_in_window"] for r in results)
+    busy = [r["load_cpu_busy"] for r in results if r.get("load_cpu_busy") is not None]
     return {
+        "load_cpu_busy": max(busy) if busy else None,
+        "server_cpu_busy": None,
         "messages_per_s": completed / duration,
         "sent": sum(r["sent"] for r in results),
         "unfinished": sum(r["unfinished"] for r in results),
@@ -204,6 +229,10 @@ def merge_chat(results: list[dict[str, Any]], duration: float) -> dict[str, Any]
         "per_second": [b * 10 for b in buckets],
         "errors": errors,
     }
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else round(100 * x, 1)
 
 
 def chat_args(ctx: Ctx, pairs: list[PairSpec], **kw: Any) -> list[ChatArgs]:
@@ -230,15 +259,14 @@ async def throughput(ctx: Ctx) -> dict[str, Any]:
     s = ctx.sizes
     pairs = await ctx.users.pairs(s.pairs)
     ctx.progress.phase(f"throughput: {s.pairs} pairs, window {s.window}, {s.duration:g}s")
-    res = merge_chat(
-        await ctx.run("chat", chat_args(ctx, pairs, window=s.window, duration=s.duration)),
-        s.duration,
-    )
+    res = await ctx.run_chat(chat_args(ctx, pairs, window=s.window, duration=s.duration))
     res["pairs"], res["window"], res["duration_s"] = s.pairs, s.window, s.duration
     res["metrics"] = {
         "messages_per_s": res["messages_per_s"],
         "done_p50_ms": res["done"]["p50_ms"],
         "done_p99_ms": res["done"]["p99_ms"],
+        "server_cpu_pct": _pct(res["server_cpu_busy"]),
+        "load_cpu_pct": _pct(res["load_cpu_busy"]),
     }
     return res
 
@@ -250,11 +278,8 @@ async def latency(ctx: Ctx) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for rate in s.rates:
         ctx.progress.phase(f"latency: {rate:,} msg/s offered, {s.latency_duration:g}s")
-        res = merge_chat(
-            await ctx.run(
-                "chat", chat_args(ctx, pairs, rate=float(rate), duration=s.latency_duration)
-            ),
-            s.latency_duration,
+        res = await ctx.run_chat(
+            chat_args(ctx, pairs, rate=float(rate), duration=s.latency_duration)
         )
         by_rate[str(rate)] = res
         k = f"{rate // 1000}k" if rate % 1000 == 0 else str(rate)  # as cli.rate_key
@@ -493,9 +518,10 @@ async def group(ctx: Ctx) -> dict[str, Any]:
 
 
 SCENARIOS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
+    # connections first: RSS per socket is cleanest before traffic has grown the heap
+    "connections": connections,
     "throughput": throughput,
     "latency": latency,
-    "connections": connections,
     "history": history,
     "catchup": catchup,
     "group": group,

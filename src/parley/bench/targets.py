@@ -51,6 +51,16 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Target:
     """A server the bench drives: `name` is `parley` or `baseline`."""
@@ -74,6 +84,9 @@ class Target:
 
     def rss_kib(self) -> int | None:
         return rss_kib(self.pid) if self.pid else None
+
+    def cpu_seconds(self) -> float | None:
+        return cpu_seconds(self.pid) if self.pid else None
 
     def alive(self) -> bool:
         return self.proc is None or self.proc.poll() is None
