@@ -19,7 +19,7 @@ from parley.metrics import Metrics
 from parley.protocol.errors import CursorExpired, InvalidRequest, NotFound, RateLimited
 from parley.protocol.models import Conversation, Event, LoggedEvent, Message
 from parley.services.clock import now_ms
-from parley.services.ids import new_id
+from parley.services.ids import new_id, new_message_id
 from parley.services.ratelimit import KeyedLimiter
 from parley.storage.base import Committed, ConversationRecord, SendOutcome, Store
 
@@ -164,7 +164,7 @@ class MessagingService:
             raise RateLimited("sending too fast; slow down", retry_after=bucket.retry_after())
         started = time.perf_counter()
         future = self._store.append_message(
-            conversation_id, user_id, client_msg_id, body, new_id("m"), now_ms()
+            conversation_id, user_id, client_msg_id, body, new_message_id(), now_ms()
         )
         return self._after_commit(future, on_durable, started)
 

@@ -164,12 +164,12 @@ _conversation_decoder = msgspec.json.Decoder(Conversation)
 _small_json_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
-def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+def _connect(path: Path, *, readonly: bool, busy_timeout_ms: int) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: a commit survives power loss, which is what "acked means durable" promises.
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
     if readonly:
         conn.execute("PRAGMA query_only=1")
@@ -198,8 +198,11 @@ class _Op:
 
 
 class SqliteStore(Store):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
+        """`busy_timeout_ms`: how long one attempt waits for a lock held by
+        another process (a backup, an operator's shell) before it counts as failed."""
         self.path = path
+        self._busy_timeout_ms = busy_timeout_ms
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._queued = 0
         self._writer: threading.Thread | None = None
@@ -212,6 +215,9 @@ class SqliteStore(Store):
         self._cursors: dict[str, int] = {}
         #: Conversations changed by the batch being written; snapshotted at commit.
         self._dirty: set[str] = set()
+        #: Rows whose in-memory state is ahead of disk until `_flush_state`.
+        self._dirty_members: set[tuple[str, str]] = set()
+        self._dirty_counters: set[str] = set()
         # Read on the loop only; filled in commit order from writer snapshots.
         self.cache = ConversationCache()
         #: Called on the writer thread with (batch size, commit seconds); for metrics.
@@ -228,7 +234,7 @@ class SqliteStore(Store):
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._loop = asyncio.get_running_loop()
-        conn = _connect(self.path, readonly=False)
+        conn = _connect(self.path, readonly=False, busy_timeout_ms=self._busy_timeout_ms)
         conn.executescript(SCHEMA)
         self._wconn = conn
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
@@ -257,7 +263,9 @@ class SqliteStore(Store):
         def run() -> T:
             conn = getattr(self._local, "conn", None)
             if conn is None:
-                conn = self._local.conn = _connect(self.path, readonly=True)
+                conn = self._local.conn = _connect(
+                    self.path, readonly=True, busy_timeout_ms=self._busy_timeout_ms
+                )
             return fn(conn, *args)
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, run)
@@ -281,35 +289,34 @@ class SqliteStore(Store):
             self._commit(batch)
 
     def _commit(self, batch: list[_Op]) -> None:
-        """Run a batch in one transaction; retry the whole batch until it commits."""
+        """Run a batch in one transaction; retry the whole batch until it commits.
+
+        Write functions check everything before their first write and raise a
+        `ParleyError` only then, so a refused write needs no savepoint. A
+        constraint violation (a bug, not an outage) rolls the batch back and
+        reruns it with a savepoint per write, so that write fails alone.
+        """
         conn = self._wconn
         assert conn is not None
         attempt = 0
+        isolate = False
         while True:
             started = time.perf_counter()
             results: list[tuple[bool, Any]] = []
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for op in batch:
-                    conn.execute("SAVEPOINT op")
-                    try:
-                        results.append((True, op.fn(conn, *op.args)))
-                        conn.execute("RELEASE op")
-                    except ParleyError as exc:
-                        # A refusal of this one write: undo it, keep the batch.
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                        results.append((False, exc))
-                    except sqlite3.IntegrityError:
-                        # A write that can never succeed (a bug, not an outage): refuse
-                        # it alone; its counters may be half-moved, so reload them.
-                        log.exception("write refused by a constraint")
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                        self._forget_state()
-                        results.append((False, Unavailable("write refused", code="internal")))
+                    results.append(self._run(conn, op, isolate))
+                self._flush_state(conn)
                 conn.execute("COMMIT")
                 break
+            except sqlite3.IntegrityError:
+                if isolate:
+                    raise  # _run catches these in isolation: cannot happen
+                log.warning("a write broke a constraint; rerunning the batch write by write")
+                conn.execute("ROLLBACK")
+                self._forget_state()
+                isolate = True
             except sqlite3.Error:
                 attempt += 1
                 log.exception("commit failed (attempt %d); retrying", attempt)
@@ -336,11 +343,66 @@ class SqliteStore(Store):
             else:
                 op.future.set_exception(value)
 
+    def _run(self, conn: sqlite3.Connection, op: _Op, isolate: bool) -> tuple[bool, Any]:
+        if not isolate:
+            try:
+                return True, op.fn(conn, *op.args)
+            except ParleyError as exc:
+                return False, exc
+        conn.execute("SAVEPOINT op")
+        try:
+            result = op.fn(conn, *op.args)
+            self._flush_state(conn)
+        except ParleyError as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return False, exc
+        except sqlite3.IntegrityError:
+            log.exception("write refused by a constraint")
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            self._forget_state()
+            return False, Unavailable("write refused", code="internal")
+        conn.execute("RELEASE op")
+        return True, result
+
+    def _flush_state(self, conn: sqlite3.Connection) -> None:
+        """Write the counters and watermarks the batch moved, once per row.
+
+        Writes change conversation and member rows in memory only; a hundred
+        messages into one conversation then cost one row update, not a hundred.
+        """
+        if self._dirty_members:
+            rows = [
+                (m.role, m.delivered_seq, m.read_seq, m.unread, cid, uid)
+                for cid, uid in self._dirty_members
+                if (r := self._convs.get(cid)) is not None and (m := r.members.get(uid))
+            ]
+            conn.executemany(
+                "UPDATE members SET role = ?, delivered_seq = ?, read_seq = ?, unread = ?"
+                " WHERE conversation_id = ? AND user_id = ?",
+                rows,
+            )
+            self._dirty_members.clear()
+        if self._dirty_counters:
+            conn.executemany(
+                "UPDATE conversations SET last_seq = ?, last_activity = ?"
+                " WHERE conversation_id = ?",
+                [
+                    (r.last_seq, r.last_activity, cid)
+                    for cid in self._dirty_counters
+                    if (r := self._convs.get(cid)) is not None
+                ],
+            )
+            self._dirty_counters.clear()
+
     def _forget_state(self) -> None:
         """Drop writer state after a rollback; it reloads from disk (inside the
         open transaction, if any, so it sees that transaction's own writes)."""
         self._convs.clear()
         self._cursors.clear()
+        self._dirty_members.clear()
+        self._dirty_counters.clear()
 
     # writer-side state ---------------------------------------------------------
     def _conv(self, conn: sqlite3.Connection, conversation_id: str) -> ConversationRecord | None:
@@ -700,30 +762,18 @@ class SqliteStore(Store):
             "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)",
             (conversation_id, seq, message_id, sender_id, client_msg_id, body, now),
         )
-        conn.execute(
-            "UPDATE conversations SET last_seq = ?, last_activity = ? WHERE conversation_id = ?",
-            (seq, now, conversation_id),
-        )
-        # Others have one more unread; the sender has read everything up to its own message.
-        conn.execute(
-            "UPDATE members SET unread = unread + 1"
-            " WHERE conversation_id = ? AND user_id != ? AND left_seq IS NULL",
-            (conversation_id, sender_id),
-        )
-        conn.execute(
-            "UPDATE members SET delivered_seq = ?, read_seq = ?, unread = 0"
-            " WHERE conversation_id = ? AND user_id = ?",
-            (seq, seq, conversation_id, sender_id),
-        )
         conv.last_seq, conv.last_activity, conv.last_message = seq, now, message
         conv.recent.append(message)
         self._dirty.add(conversation_id)
+        self._dirty_counters.add(conversation_id)
+        # Others have one more unread; the sender has read everything up to its own message.
         for member in conv.members.values():
             if member.user_id == sender_id:
                 member.delivered_seq = member.read_seq = seq
                 member.unread = 0
             else:
                 member.unread += 1
+            self._dirty_members.add((conversation_id, member.user_id))
         logged = self._log(conn, conv.members, "message", conversation_id, seq, None)
         return SendOutcome(
             events=[(u, MessageEvent(cursor=c, message=message)) for u, c in logged],
@@ -786,11 +836,7 @@ class SqliteStore(Store):
                 " WHERE conversation_id = ? AND seq > ? AND sender_id != ?",
                 (conversation_id, seq, user_id),
             ).fetchone()
-        conn.execute(
-            "UPDATE members SET delivered_seq = ?, read_seq = ?, unread = ?"
-            " WHERE conversation_id = ? AND user_id = ?",
-            (member.delivered_seq, member.read_seq, member.unread, conversation_id, user_id),
-        )
+        self._dirty_members.add((conversation_id, user_id))
         self._dirty.add(conversation_id)
         payload = _small_json.encode({"user_id": user_id, "status": status})
         if conv.type == "direct":
@@ -930,7 +976,9 @@ def _conversation_from_row(conn: sqlite3.Connection, row: Sequence[Any]) -> Conv
         type=row[1],
         title=row[2],
         created_at=row[3],
-        last_seq=row[4],
+        # The messages themselves are the truth about the last seq: after a
+        # failed write the writer reloads from here and continues past them.
+        last_seq=max(row[4], recent[-1].seq if recent else 0),
         last_activity=row[5],
         version=row[6],
         last_message=recent[-1] if recent else None,

@@ -1,0 +1,73 @@
+"""The SQLite store's promises under failure: retried in order, no gaps, one bad write alone."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from parley.storage.base import UserRecord
+from parley.storage.sqlite import SqliteStore
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "parley.db", busy_timeout_ms=20)
+    await s.open()
+    for name in ("alice", "bob"):
+        await s.create_user(UserRecord(f"u_{name}", name, name, "x", 0))
+    yield s
+    await s.close()
+
+
+async def _direct(store: SqliteStore) -> str:
+    outcome = await store.open_direct("c1", "u_alice", "u_bob", 0)
+    return outcome.conversation.conversation_id
+
+
+async def test_a_locked_database_delays_writes_but_loses_and_skips_nothing(
+    store: SqliteStore,
+) -> None:
+    cid = await _direct(store)
+    await store.append_message(cid, "u_alice", "k0", "first", "m0", 1)
+    # Another process holds the write lock: every commit attempt fails meanwhile.
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    futures = [
+        store.append_message(cid, "u_alice", f"k{i}", f"body {i}", f"m{i}", i) for i in range(1, 21)
+    ]
+    done, _ = await asyncio.wait(futures, timeout=0.5)
+    assert not done, "nothing may complete while the database refuses to commit"
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    outcomes = await asyncio.wait_for(asyncio.gather(*futures), 30)
+    assert [o.message.seq for o in outcomes] == list(range(2, 22))
+    page, has_more = await store.get_messages(cid, before=None, after=0, limit=200)
+    assert [m.seq for m in page] == list(range(1, 22)) and not has_more
+    events = await store.read_events("u_bob", 0, 100)
+    assert [e.cursor for e in events] == list(range(1, 23))  # conversation + 21 messages
+
+
+async def test_a_constraint_violation_reloads_state_and_spares_the_batch(
+    store: SqliteStore,
+) -> None:
+    cid = await _direct(store)
+    await store.append_message(cid, "u_alice", "k1", "one", "m1", 1)
+    # Someone wrote seq 2 behind the writer's back: the next append collides with it.
+    intruder = sqlite3.connect(store.path, isolation_level=None)
+    intruder.execute(
+        "INSERT INTO messages VALUES (?, 2, 'mx', 'u_bob', 'kx', 'intruder', 2)", (cid,)
+    )
+    intruder.close()
+    colliding = store.append_message(cid, "u_alice", "k2", "two", "m2", 3)
+    unrelated = store.add_contact("u_alice", "u_bob", 3)  # same batch
+    outcome, contact = await asyncio.gather(colliding, unrelated)
+    # The batch was rolled back and rerun write by write from state reloaded
+    # from disk: the message lands after the intruder's, the other write too.
+    assert outcome.message.seq == 3 and contact is None
+    assert [u.user_id for u in await store.list_contacts("u_alice")] == ["u_bob"]
+    page, _ = await store.get_messages(cid, before=None, after=0, limit=10)
+    assert [(m.seq, m.body) for m in page] == [(1, "one"), (2, "intruder"), (3, "two")]
