@@ -91,7 +91,8 @@ class PushService:
         self.subs: dict[str, Subscription] = {}
         self.errors: list[str] = []
         self.gateway: list[Any] = []  # JSON bodies POSTed to /gateway
-        self.gateway_status = 200
+        #: Answers for the gateway's first POSTs, in order; then 200.
+        self.gateway_statuses: list[int] = []
         self._changed = asyncio.Condition()
         self._release = asyncio.Event()  # lets "hang" handlers finish at close
         self._runner: web.AppRunner | None = None
@@ -149,8 +150,10 @@ class PushService:
             self.gateway.append(await request.json())
         except ValueError as exc:
             self.errors.append(f"gateway body is not JSON: {exc}")
+        n = len(self.gateway) - 1
+        status = self.gateway_statuses[n] if n < len(self.gateway_statuses) else 200
         await self._notify()
-        return web.json_response({"rejected": []}, status=self.gateway_status)
+        return web.json_response({"rejected": []}, status=status)
 
     async def _push(self, request: web.Request) -> web.StreamResponse:
         sub = self.subs.get(request.path)

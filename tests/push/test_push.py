@@ -430,12 +430,14 @@ async def test_gateway_gets_the_documented_json(
     svc = PushService("")
     await svc.start()
     try:
+        svc.gateway_statuses = [503]  # the first answer is retried
         srv = make_server("--push-gateway", svc.gateway_url, *FAST_PRESENCE)
         a, b = await new_user(http, srv.url), await new_user(http, srv.url)
         cid = (await direct(http, a, b))["conversation_id"]
         msg = await send_ok(http, a, cid, "via the gateway")
-        await svc.wait_for(lambda: len(svc.gateway) == 1)
-        assert svc.gateway[0] == {
+        await svc.wait_for(lambda: len(svc.gateway) == 2)
+        assert svc.gateway[0] == svc.gateway[1]
+        assert svc.gateway[1] == {
             "notification": {
                 "event_id": msg["message_id"],
                 "conversation_id": cid,

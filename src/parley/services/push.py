@@ -853,7 +853,8 @@ class PushService:
                 return None, None
             raise _Retry(None) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.info("push to %s failed: %r", _origin(url), exc)
+            # The exception's text may carry the URL: log its kind only.
+            log.info("push to %s failed: %s", _origin(url), type(exc).__name__)
             raise _Retry(None) from exc
 
 
