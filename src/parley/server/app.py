@@ -26,6 +26,10 @@ from parley.storage.sqlite import SqliteStore
 
 log = logging.getLogger("parley")
 
+#: Seconds an idle or half-sent HTTP connection may stay open (slow clients and
+#: slowloris alike); browsers and SDKs reconnect transparently.
+HANDSHAKE_TIMEOUT = 10.0
+
 
 def build_app(config: ServerConfig) -> web.Application:
     metrics = Metrics()
@@ -96,7 +100,15 @@ def build_app(config: ServerConfig) -> web.Application:
 async def run(config: ServerConfig) -> None:
     """Serve until SIGINT or SIGTERM, then close sockets and finish pending writes."""
     app = build_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=5,
+        # Also the limit for a request (or WebSocket handshake) that never
+        # completes: a connection without a whole request by then is closed.
+        keepalive_timeout=HANDSHAKE_TIMEOUT,
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=4096, reuse_address=True)
     await site.start()
