@@ -690,7 +690,7 @@ class PushService:
         """Concurrency lanes a send occupies, with their limits: one slow or hanging
         push service (or one user's many subscriptions) cannot hold every worker."""
         if slot.key[0] == "gateway":
-            return []
+            return [("gateway", self._per_origin)]
         assert slot.sub is not None
         return [
             ("origin " + _origin(slot.sub.endpoint, port=True), self._per_origin),
