@@ -316,7 +316,7 @@ async def connections(ctx: Ctx) -> dict[str, Any]:
         }
         for i, chunk in enumerate(chunks)
     ]
-    rss: dict[str, Any] = {"before_kib": None, "after_kib": None}
+    rss: dict[str, Any] = {"before_kib": None, "after_kib": None, "idle_cpu_pct": None}
 
     async def on_barrier(round_: int, infos: list[Any]) -> None:
         if round_ == 0:
@@ -324,7 +324,12 @@ async def connections(ctx: Ctx) -> dict[str, Any]:
             rss["before_kib"] = ctx.target.rss_kib()
             ctx.progress.phase(f"connections: opening {n:,} sockets from {len(chunks)} processes")
         elif round_ == 1:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.5)
+            cpu0 = ctx.target.cpu_seconds()
+            await asyncio.sleep(2.0)
+            cpu1 = ctx.target.cpu_seconds()
+            if cpu0 is not None and cpu1 is not None:
+                rss["idle_cpu_pct"] = round(100 * (cpu1 - cpu0) / 2.0, 1)
             rss["after_kib"] = ctx.target.rss_kib()
             ctx.progress.phase(f"connections: {n:,} open; chat probe at {s.probe_rate}/s")
 
@@ -352,6 +357,8 @@ async def connections(ctx: Ctx) -> dict[str, Any]:
             "open": opened,
             "connect_per_s": opened / seconds if seconds else None,
             "rss_per_conn_kib": per_conn,
+            "idle_cpu_pct": rss["idle_cpu_pct"],
+            "probe_ack_p99_ms": probe_res["ack"]["p99_ms"],
             "probe_deliver_p99_ms": probe_res["deliver"]["p99_ms"],
         },
     }
