@@ -145,7 +145,7 @@ def seed(base: str) -> tuple[dict[str, ApiUser], dict[str, str]]:
 
 def signed_in(browser: Any, base: str, username: str, **options: Any) -> Page:
     ctx = browser.new_context(**options)
-    page = ctx.new_page()
+    page: Page = ctx.new_page()
     page.goto(base + "/")
     page.evaluate(
         "s => localStorage.setItem('parley.session', s)", json.dumps(session_for(base, username))

@@ -113,7 +113,10 @@ function showMain() {
 
   let chat = null;
   function openChat(id) {
-    if (chat && chat.id === id) return;
+    if (chat && chat.id === id) {
+      if (!matchMedia("(pointer: coarse)").matches) chat.input.focus();
+      return;
+    }
     store.activeId = id;
     if (!id) {
       chat = null;
@@ -201,8 +204,12 @@ function showMain() {
     }, 1200);
   }
 
-  newChat.addEventListener("click", () => newChatDialog(store, { onOpen: (id) => (location.hash = "#/c/" + encodeURIComponent(id)) }));
-  newGroup.addEventListener("click", () => newGroupDialog(store, { onOpen: (id) => (location.hash = "#/c/" + encodeURIComponent(id)) }));
+  const goTo = (id) => {
+    if (route() === id) openChat(id);
+    else location.hash = "#/c/" + encodeURIComponent(id);
+  };
+  newChat.addEventListener("click", () => newChatDialog(store, { onOpen: goTo }));
+  newGroup.addEventListener("click", () => newGroupDialog(store, { onOpen: goTo }));
   logout.addEventListener("click", () => signOut(true));
   search.addEventListener("input", () => {
     list.filter = search.value;
@@ -224,6 +231,10 @@ function showMain() {
       if (getComputedStyle(sidebar).display === "none") location.hash = "#/";
     }
   };
+  // "last seen 3 min ago" and list times age: refresh them now and then.
+  const ticker = setInterval(() => {
+    if (chat) chat.renderHeader();
+  }, 30000);
   window.addEventListener("hashchange", onHash);
   document.addEventListener("visibilitychange", onVisible);
   window.addEventListener("focus", onVisible);
@@ -234,6 +245,7 @@ function showMain() {
     window.removeEventListener("focus", onVisible);
     document.removeEventListener("keydown", onKey);
     connection.stop();
+    clearInterval(ticker);
     document.querySelectorAll("dialog").forEach((d) => d.remove());
   };
 

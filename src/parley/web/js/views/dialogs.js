@@ -54,7 +54,10 @@ function field(id, label, attrs = {}) {
 
 export function newChatDialog(store, { onOpen }) {
   const returnFocus = document.activeElement;
-  const { dialog, body } = modal("Start a chat", { onClose: () => returnFocus && returnFocus.focus && returnFocus.focus() });
+  let opened = null; // once a chat is chosen, focus goes to it, not back to the button
+  const { dialog, body } = modal("Start a chat", {
+    onClose: () => (opened ? onOpen(opened) : returnFocus && returnFocus.focus && returnFocus.focus()),
+  });
   const user = field("newchat-username", "Username", { placeholder: "e.g. alice", required: true });
   const error = h("p", { class: "form-error", role: "alert" });
   const go = h("button", { type: "submit", class: "btn btn-primary" }, "Start chat");
@@ -74,8 +77,8 @@ export function newChatDialog(store, { onOpen }) {
     setBusy(go, true);
     try {
       const c = await store.startDirect(username);
+      opened = c.conversation_id;
       dialog.close();
-      onOpen(c.conversation_id);
     } catch (err) {
       error.textContent = errorText(err);
       setBusy(go, false);
@@ -117,7 +120,10 @@ export function newChatDialog(store, { onOpen }) {
 
 export function newGroupDialog(store, { onOpen }) {
   const returnFocus = document.activeElement;
-  const { dialog, body } = modal("New group", { onClose: () => returnFocus && returnFocus.focus && returnFocus.focus() });
+  let opened = null;
+  const { dialog, body } = modal("New group", {
+    onClose: () => (opened ? onOpen(opened) : returnFocus && returnFocus.focus && returnFocus.focus()),
+  });
   const name = field("group-title", "Group name", { maxlength: "100", placeholder: "e.g. Weekend trip" });
   const user = field("group-username", "Username", { placeholder: "Add people by username" });
   const add = h("button", { type: "button", class: "btn btn-secondary" }, "Add");
@@ -195,8 +201,8 @@ export function newGroupDialog(store, { onOpen }) {
     setBusy(create, true);
     try {
       const c = await store.createGroup(title, [...picked.keys()]);
+      opened = c.conversation_id;
       dialog.close();
-      onOpen(c.conversation_id);
     } catch (err) {
       error.textContent = errorText(err);
       setBusy(create, false);
