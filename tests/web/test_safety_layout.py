@@ -198,3 +198,26 @@ def test_keyboard_alone_signs_in_starts_a_chat_and_sends(
     expect(page.get_by_role("dialog")).to_have_count(0)
     expect(new_chat).to_be_focused()
     assert not client.errors
+
+
+def test_manifest_and_service_worker_are_installed(
+    web_server: ServerProcess, open_client: Callable[..., Client]
+) -> None:
+    client = open_client(web_server.url)
+    page = client.page
+    scope = page.evaluate("navigator.serviceWorker.ready.then(r => r.active && r.scope)")
+    assert scope == web_server.url + "/"
+    manifest = page.evaluate(
+        "fetch(document.querySelector('link[rel=manifest]').href).then(r => r.json())"
+    )
+    assert manifest["start_url"] == "/" and manifest["display"] == "standalone"
+    assert {i["purpose"] for i in manifest["icons"]} == {"any", "maskable"}
+    # The token never appears in a URL: not in the page's, not in the socket's.
+    sign_up(client, unique("private"))
+    with page.expect_websocket() as socket:
+        page.reload()
+    expect(page.get_by_role("button", name="New chat")).to_be_visible()
+    token = page.evaluate("JSON.parse(localStorage.getItem('parley.session')).token")
+    assert token and token not in socket.value.url and token not in page.url
+    assert socket.value.url.startswith(web_server.url.replace("http", "ws") + "/v1/ws")
+    assert not client.errors
