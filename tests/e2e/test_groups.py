@@ -121,8 +121,12 @@ async def test_removed_member_gets_nothing_new_and_reads_only_up_to_removal(
     assert r.status == 204, r
     told, _ = await recv_until(ws_c, lambda f: f["type"] == "conversation")
     assert c.user_id not in [m["user_id"] for m in told["conversation"]["members"]]
+    newer = await direct(http, c, b)  # c's own activity after its removal
     for i in range(3):
         await send_ok(http, admin, cid, f"after {i}")
+    listed = await call(http, "GET", c.base + "/v1/conversations", token=c.token)
+    order = [x["conversation_id"] for x in listed.body["conversations"]]
+    assert order == [newer["conversation_id"], cid]  # the group did not jump to the top
     await ws_c.send_json({"type": "ping"})
     _, before_pong = await recv_until(ws_c, lambda f: f["type"] == "pong")
     assert not [f for f in before_pong if f["type"] == "message"], before_pong

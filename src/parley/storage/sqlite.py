@@ -103,6 +103,7 @@ CREATE TABLE IF NOT EXISTS members (
     unread INTEGER NOT NULL DEFAULT 0,
     joined_at INTEGER NOT NULL DEFAULT 0,
     left_seq INTEGER,
+    left_at INTEGER,
     PRIMARY KEY (conversation_id, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, conversation_id);
@@ -632,7 +633,7 @@ class SqliteStore(Store):
             " unread, joined_at, left_seq) VALUES (?, ?, 'member', ?, ?, 0, ?, NULL)"
             " ON CONFLICT (conversation_id, user_id) DO UPDATE SET role = 'member',"
             " delivered_seq = excluded.delivered_seq, read_seq = excluded.read_seq,"
-            " unread = 0, joined_at = excluded.joined_at, left_seq = NULL",
+            " unread = 0, joined_at = excluded.joined_at, left_seq = NULL, left_at = NULL",
             (conversation_id, user_id, conv.last_seq, conv.last_seq, now),
         )
         conv.former.pop(user_id, None)
@@ -658,8 +659,9 @@ class SqliteStore(Store):
         removed = conv.members.pop(user_id)
         conv.former[user_id] = conv.last_seq
         conn.execute(
-            "UPDATE members SET left_seq = ?, unread = 0 WHERE conversation_id = ? AND user_id = ?",
-            (conv.last_seq, conversation_id, user_id),
+            "UPDATE members SET left_seq = ?, left_at = ?, unread = 0"
+            " WHERE conversation_id = ? AND user_id = ?",
+            (conv.last_seq, now, conversation_id, user_id),
         )
         admins = [m for m in conv.members.values() if m.role == "admin"]
         if removed.role == "admin" and not admins and conv.members:
@@ -1004,11 +1006,14 @@ def _load_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conver
 def _list_conversations(
     conn: sqlite3.Connection, user_id: str, limit: int, before: int | None
 ) -> list[ConversationRecord]:
+    # A former member's entry stays where its removal put it: later activity
+    # in the conversation is not its business.
     rows = conn.execute(
-        f"SELECT {', '.join('c.' + c for c in _CONVERSATION_COLUMNS.split(', '))}"
+        f"SELECT {', '.join('c.' + c for c in _CONVERSATION_COLUMNS.split(', '))},"
+        " COALESCE(m.left_at, c.last_activity) AS activity"
         " FROM members m JOIN conversations c ON c.conversation_id = m.conversation_id"
-        " WHERE m.user_id = ? AND c.last_activity < ?"
-        " ORDER BY c.last_activity DESC, c.conversation_id LIMIT ?",
+        " WHERE m.user_id = ? AND activity < ?"
+        " ORDER BY activity DESC, c.conversation_id LIMIT ?",
         (user_id, before if before is not None else 2**62, limit),
     ).fetchall()
     records = [_conversation_from_row(conn, r) for r in rows]
