@@ -579,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p = sub.add_parser("serve", help="run a Parley node (embedded SQLite by default)")
     add_serve_arguments(serve_p)
     serve_p.set_defaults(func=_serve)
+    # Listed for --help only: `main` hands `parley bench ...` to the bench's own parser.
+    sub.add_parser("bench", help="benchmark a server against a bare relay (see bench --help)")
 
     def client_cmd(name: str, help_: str, func: Command) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, parents=[common])
@@ -659,6 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from parley.bench import main as bench
+
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
