@@ -8,7 +8,6 @@ measuring window (after the warm-up); throughput counts completions inside it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import time
 from collections import deque
@@ -45,10 +44,8 @@ async def gather_limited(coros: list[Awaitable[Any]], limit: int) -> list[Any]:
     return await asyncio.gather(*(one(c) for c in coros))
 
 
-def _close_all(conns: list[Conn]) -> None:
-    for c in conns:
-        with contextlib.suppress(Exception):
-            c.close()
+async def _close_all(conns: list[Conn]) -> None:
+    await gather_limited([c.close() for c in conns], 500)
 
 
 def _errors(conns: list[Conn]) -> dict[str, int]:
@@ -252,7 +249,7 @@ class Chat:
             await asyncio.sleep(0.05)
         ctx.progress(force=True, sent=self.sent, done=self.done_total)
         conns = self.conns()
-        _close_all(conns)
+        await _close_all(conns)
         busy = None
         if len(cpu_at) == 2:
             busy = (cpu_at[1] - cpu_at[0]) / ((wall_at[1] - wall_at[0]) / 1e9)
@@ -371,7 +368,7 @@ async def seed_job(ctx: WorkerCtx, args: SeedArgs) -> dict[str, Any]:
                 raise BenchError(f"seeding socket closed (code {c.close_code}): {c.errors}")
     done.result()
     seconds = (now_ns() - t0) / 1e9
-    _close_all(conns)
+    await _close_all(conns)
     return {"acked": state["acked"], "seconds": seconds}
 
 
@@ -413,10 +410,10 @@ async def catchup_job(ctx: WorkerCtx, args: CatchupArgs) -> dict[str, Any]:
         t_ready = now_ns()
         target = conn.ready.result().cursor or 0
         if target <= args["since"]:
-            conn.close()
+            await conn.close()
             raise BenchError(f"nothing to catch up: cursor {target}, since {args['since']}")
         t_done = await asyncio.wait_for(current, 120)
-        conn.close()
+        await conn.close()
         runs.append(
             {
                 "seconds": (t_done - t0) / 1e9,
@@ -526,7 +523,7 @@ async def connections_job(ctx: WorkerCtx, args: ConnectionsArgs) -> dict[str, An
         await asyncio.sleep(args["hold"])
     still_open = sum(1 for c in conns if c.is_open)
     await ctx.barrier()
-    _close_all(conns)
+    await _close_all(conns)
     return {
         "opened": len(conns),
         "failed": failures,
@@ -615,7 +612,7 @@ async def group_job(ctx: WorkerCtx, args: GroupArgs) -> dict[str, Any]:
     state["sending"] = False
     await asyncio.sleep(args["drain"])
     conns = [*members, *([sender] if sender else [])]
-    _close_all(conns)
+    await _close_all(conns)
     return {
         "local": local,
         "seen": {seq: rec for seq, rec in seen.items()},

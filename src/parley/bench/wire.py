@@ -1,24 +1,25 @@
 """A lean client for the load generator: the wire protocol, nothing else.
 
-WebSockets go through picows (callbacks, synchronous sends, C framing): the
-load generator has one core and must not be the bottleneck. HTTP set-up calls
-go through aiohttp. JSON is msgspec, decoding only the fields the bench reads.
+Sockets are aiohttp's client WebSockets (no compression, frames as bytes) behind
+a callback interface: `on_frame` for every frame, `on_idle` once a read burst
+has been handled (to coalesce `delivered` as a real client does), and a
+synchronous `send` that queues for one writer task per socket. picows was tried
+and measured no leaner per message here, so the bench needs nothing beyond the
+server's own dependencies. JSON is msgspec, decoding only the fields read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import msgspec
-
-try:
-    from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
-except ImportError as exc:  # pragma: no cover - picows is in the dev and bench extras
-    raise ImportError("parley bench needs picows: pip install -e '.[bench]' (or '.[dev]')") from exc
+from aiohttp import WSMsgType
 
 
 class BenchError(Exception):
@@ -61,80 +62,145 @@ def _ignore(conn: Conn, frame: Frame) -> None:
     return None
 
 
-class Conn(WSListener):
+class Conn:
     """One authenticated socket. `on_frame` runs for every frame after `ready`;
-    `on_idle` when the receive buffer has been drained (for coalescing replies)."""
+    `on_idle` when the frames that had arrived have all been handled."""
 
     def __init__(
         self,
         on_frame: FrameHandler = _ignore,
         on_idle: Callable[[Conn], None] | None = None,
     ) -> None:
-        super().__init__()
-        loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self.on_frame = on_frame
         self.on_idle = on_idle
-        self.transport: WSTransport | None = None
-        self.ready: asyncio.Future[Frame] = loop.create_future()
-        self.closed: asyncio.Future[int | None] = loop.create_future()
+        self.ws: aiohttp.ClientWebSocketResponse[Literal[False]] | None = None
+        self.ready: asyncio.Future[Frame] = self.loop.create_future()
+        self.closed: asyncio.Future[int | None] = self.loop.create_future()
         self.errors: dict[str, int] = {}
         self.failure: BaseException | None = None
         self.close_code: int | None = None
         #: free slot for the scenario's per-socket state
         self.state: Any = None
+        self._out: deque[bytes] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._idle_soon = False
+        self._tasks: list[asyncio.Task[None]] = []
 
-    # picows callbacks -------------------------------------------------------------
-    def on_ws_connected(self, transport: WSTransport) -> None:
-        self.transport = transport
+    def start(self, ws: aiohttp.ClientWebSocketResponse[Literal[False]]) -> None:
+        self.ws = ws
+        self._tasks = [
+            self.loop.create_task(self._read()),
+            self.loop.create_task(self._write()),
+        ]
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+    async def _read(self) -> None:
+        assert self.ws is not None
         try:
-            msg_type = frame.msg_type
-            if msg_type is WSMsgType.TEXT:
-                f = _decode_frame(frame.get_payload_as_memoryview())
-                if not self.ready.done():
-                    if f.type == "ready":
-                        self.ready.set_result(f)
-                        return
-                    if f.type == "error":
-                        self.ready.set_exception(BenchError(f"refused: {f.code} {f.message}"))
-                        return
-                if f.type == "error":
-                    code = f.code or "?"
-                    self.errors[code] = self.errors.get(code, 0) + 1
-                self.on_frame(self, f)
-                if self.on_idle is not None and frame.last_in_buffer:
-                    self.on_idle(self)
-            elif msg_type is WSMsgType.CLOSE:
-                self.close_code = frame.get_close_code().value
-                transport.send_close(frame.get_close_code())
-                transport.disconnect()
+            async for msg in self.ws:
+                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                    self._frame(msg.data)
         except Exception as exc:
             if self.failure is None:
                 self.failure = exc
-            raise
+        finally:
+            self.close_code = self.ws.close_code
+            if not self.ready.done():
+                self.ready.set_exception(
+                    BenchError(f"socket closed before ready (code {self.close_code})")
+                )
+            if not self.closed.done():
+                self.closed.set_result(self.close_code)
+            self._wakeup()
 
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(
-                BenchError(f"socket closed before ready (code {self.close_code})")
-            )
-        if not self.closed.done():
-            self.closed.set_result(self.close_code)
+    def _frame(self, data: bytes) -> None:
+        try:
+            f = _decode_frame(data)
+            if not self.ready.done():
+                if f.type == "ready":
+                    self.ready.set_result(f)
+                    return
+                if f.type == "error":
+                    self.ready.set_exception(BenchError(f"refused: {f.code} {f.message}"))
+                    return
+            if f.type == "error":
+                code = f.code or "?"
+                self.errors[code] = self.errors.get(code, 0) + 1
+            self.on_frame(self, f)
+            if self.on_idle is not None and not self._idle_soon:
+                # runs once the reader has drained what had arrived and yields
+                self._idle_soon = True
+                self.loop.call_soon(self._idle)
+        except Exception as exc:
+            if self.failure is None:
+                self.failure = exc
+
+    def _idle(self) -> None:
+        self._idle_soon = False
+        if self.on_idle is not None:
+            try:
+                self.on_idle(self)
+            except Exception as exc:
+                if self.failure is None:
+                    self.failure = exc
+
+    async def _write(self) -> None:
+        ws = self.ws
+        assert ws is not None
+        out = self._out
+        try:
+            while not ws.closed:
+                while out:
+                    await ws.send_frame(out.popleft(), WSMsgType.TEXT)
+                if ws.closed:
+                    break
+                self._wake = self.loop.create_future()
+                await self._wake
+        except (ConnectionError, RuntimeError):
+            pass
+
+    def _wakeup(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     # ours -------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.send(WSMsgType.TEXT, data)
+        self._out.append(data)
+        self._wakeup()
 
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_disconnected:
-            self.transport.send_close(WSCloseCode.OK)
-            self.transport.disconnect()
+    async def close(self) -> None:
+        if self.ws is not None and not self.ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(), 5)
+        self._wakeup()
+        for task in self._tasks:
+            task.cancel()
 
     @property
     def is_open(self) -> bool:
-        return self.transport is not None and not self.transport.is_disconnected
+        return self.ws is not None and not self.ws.closed
+
+
+_sessions: dict[tuple[int, str | None], aiohttp.ClientSession] = {}
+
+
+def _session(local_addr: str | None) -> aiohttp.ClientSession:
+    """One session per event loop and source address (sockets share nothing else)."""
+    key = (id(asyncio.get_running_loop()), local_addr)
+    session = _sessions.get(key)
+    if session is None or session.closed:
+        connector = aiohttp.TCPConnector(
+            limit=0, local_addr=(local_addr, 0) if local_addr else None
+        )
+        session = _sessions[key] = aiohttp.ClientSession(connector=connector)
+    return session
+
+
+async def close_sessions() -> None:
+    """Close this event loop's sessions (each load job calls it at the end)."""
+    loop_id = id(asyncio.get_running_loop())
+    for key in [k for k in _sessions if k[0] == loop_id]:
+        await _sessions.pop(key).close()
 
 
 async def connect(
@@ -149,18 +215,17 @@ async def connect(
 ) -> Conn:
     """Open `/v1/ws` with the token in the header and wait for `ready`."""
     conn = Conn(on_frame, on_idle)
-    url = ws_url if since is None else f"{ws_url}?since={since}"
-    kwargs: dict[str, Any] = {}
-    if local_addr is not None:
-        kwargs["local_addr"] = (local_addr, 0)
-    await ws_connect(
-        lambda: conn,
-        url,
-        extra_headers={"Authorization": f"Bearer {token}"},
-        websocket_handshake_timeout=wait,
-        max_frame_size=1 << 20,
-        **kwargs,
+    ws = await _session(local_addr).ws_connect(
+        ws_url,
+        params=None if since is None else {"since": str(since)},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+        max_msg_size=1 << 20,
+        autoping=True,
+        compress=0,
+        decode_text=False,
     )
+    conn.start(ws)
     await asyncio.wait_for(conn.ready, wait)
     return conn
 

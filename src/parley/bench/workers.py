@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -52,6 +52,17 @@ class WorkerCtx:
         return start
 
 
+async def _job(
+    fn: Callable[[WorkerCtx, Any], Coroutine[Any, Any, Any]], ctx: WorkerCtx, args: Any
+) -> Any:
+    from parley.bench.wire import close_sessions
+
+    try:
+        return await fn(ctx, args)
+    finally:
+        await close_sessions()
+
+
 def _worker_main(conn: Connection, index: int, cores: list[int] | None) -> None:
     if cores:
         os.sched_setaffinity(0, cores)
@@ -70,7 +81,7 @@ def _worker_main(conn: Connection, index: int, cores: list[int] | None) -> None:
             return
         name, args = msg
         try:
-            result: Any = uvloop.run(JOBS[name](WorkerCtx(conn, index), args))
+            result: Any = uvloop.run(_job(JOBS[name], WorkerCtx(conn, index), args))
         except BaseException:
             conn.send(("error", traceback.format_exc()))
         else:
