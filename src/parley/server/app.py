@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 
 from aiohttp import web
@@ -124,7 +125,15 @@ async def run(config: ServerConfig) -> None:
     await runner.cleanup()
 
 
+def _raise_file_limit() -> None:
+    """Every connection is a file: allow as many as the hard limit permits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve(config: ServerConfig) -> None:
+    _raise_file_limit()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
