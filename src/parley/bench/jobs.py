@@ -290,7 +290,7 @@ class Chat:
                 if self.m0 <= t < self.m1:
                     self.lag.append(lag // 1000)
                 i += 1
-            await asyncio.sleep(0.0005)
+            await asyncio.sleep(0.001)  # uvloop timers have 1 ms resolution
 
 
 async def chat_job(ctx: WorkerCtx, args: ChatArgs) -> dict[str, Any]:
