@@ -768,7 +768,11 @@ class SqliteStore(Store):
         conv.recent.append(message)
         self._dirty.add(conversation_id)
         self._dirty_counters.add(conversation_id)
-        # Others have one more unread; the sender has read everything up to its own message.
+        # Others have one more unread; the sender has read everything up to its own
+        # message. If that covers messages from others, they are told (a reply is a
+        # read), as if the sender had sent `read`.
+        sender = conv.members[sender_id]
+        read_before = sender.read_seq
         for member in conv.members.values():
             if member.user_id == sender_id:
                 member.delivered_seq = member.read_seq = seq
@@ -777,8 +781,11 @@ class SqliteStore(Store):
                 member.unread += 1
             self._dirty_members.add((conversation_id, member.user_id))
         logged = self._log(conn, conv.members, "message", conversation_id, seq, None)
+        events: list[UserEvent] = [(u, MessageEvent(cursor=c, message=message)) for u, c in logged]
+        if read_before < seq - 1:
+            events += self._log_receipt(conn, conv, sender_id, "read", read_before, seq)
         return SendOutcome(
-            events=[(u, MessageEvent(cursor=c, message=message)) for u, c in logged],
+            events=events,
             message=message,
             duplicate=False,
             conversation_type=conv.type,
@@ -840,32 +847,41 @@ class SqliteStore(Store):
             ).fetchone()
         self._dirty_members.add((conversation_id, user_id))
         self._dirty.add(conversation_id)
-        payload = _small_json.encode({"user_id": user_id, "status": status})
+        return Committed(events=self._log_receipt(conn, conv, user_id, status, previous, seq))
+
+    def _log_receipt(
+        self,
+        conn: sqlite3.Connection,
+        conv: ConversationRecord,
+        user_id: str,
+        status: Literal["delivered", "read"],
+        previous: int,
+        seq: int,
+    ) -> list[UserEvent]:
+        """Log that `user_id`'s watermark moved from `previous` to `seq`: for both
+        members of a direct conversation; in a group for the member itself and
+        the senders of the messages newly covered."""
+        cid = conv.conversation_id
         if conv.type == "direct":
             audience: Iterable[str] = conv.members
         else:
             senders = conn.execute(
                 "SELECT DISTINCT sender_id FROM messages"
                 " WHERE conversation_id = ? AND seq > ? AND seq <= ?",
-                (conversation_id, previous, seq),
+                (cid, previous, seq),
             ).fetchall()
             audience = {user_id, *(r[0] for r in senders if r[0] in conv.members)}
-        logged = self._log(conn, audience, "receipt", conversation_id, seq, payload)
-        return Committed(
-            events=[
-                (
-                    u,
-                    ReceiptEvent(
-                        cursor=c,
-                        conversation_id=conversation_id,
-                        user_id=user_id,
-                        status=status,
-                        seq=seq,
-                    ),
-                )
-                for u, c in logged
-            ]
-        )
+        payload = _small_json.encode({"user_id": user_id, "status": status})
+        logged = self._log(conn, audience, "receipt", cid, seq, payload)
+        return [
+            (
+                u,
+                ReceiptEvent(
+                    cursor=c, conversation_id=cid, user_id=user_id, status=status, seq=seq
+                ),
+            )
+            for u, c in logged
+        ]
 
     # event logs ---------------------------------------------------------------------
     async def read_events(self, user_id: str, after: int, limit: int) -> list[LoggedEvent]:
