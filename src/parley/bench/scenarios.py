@@ -294,9 +294,11 @@ async def connections(ctx: Ctx) -> dict[str, Any]:
     s = ctx.sizes
     n = s.connections
     n_users = math.ceil(n / SOCKETS_PER_USER)
-    probe_pairs = await ctx.users.pairs(4)
-    users = await ctx.users.get(max(n_users, 8), ctx.progress)
-    tokens = [users[i % n_users].token for i in range(n)]
+    probe_pairs = await ctx.users.pairs(4)  # users 0-7: they hold no idle socket
+    # (a message goes to every socket of the recipient: idle sockets of the probe's
+    # users would multiply its cost by the sockets per user)
+    idle_users = (await ctx.users.get(8 + n_users, ctx.progress))[8:]
+    tokens = [idle_users[i % n_users].token for i in range(n)]
     procs = max(ctx.workers, math.ceil(n / SOCKETS_PER_PROCESS))
     chunks = split(tokens, procs)
     loopback = ctx.target.host in ("127.0.0.1", "localhost")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing
 import os
 import threading
@@ -57,10 +58,16 @@ async def _job(
 ) -> Any:
     from parley.bench.wire import close_sessions
 
+    # No collector pauses in the load generator: with thousands of sockets a full
+    # collection takes tens of milliseconds and would be measured as latency.
+    gc.collect()
+    gc.disable()
     try:
         return await fn(ctx, args)
     finally:
         await close_sessions()
+        gc.enable()
+        gc.collect()
 
 
 def _worker_main(conn: Connection, index: int, cores: list[int] | None) -> None:
