@@ -113,9 +113,10 @@ def error_middleware(metrics: Metrics) -> Middleware:
     return middleware
 
 
-async def _wait_durable(future: Awaitable[Any]) -> Any:
+async def _wait_durable(future: asyncio.Future[Any]) -> Any:
+    # Shielded: a client that hangs up must not cancel the write or its publication.
     try:
-        return await asyncio.wait_for(future, WRITE_TIMEOUT)
+        return await asyncio.wait_for(asyncio.shield(future), WRITE_TIMEOUT)
     except TimeoutError:
         raise Unavailable("storage is slow to commit; retry with the same id") from None
 

@@ -9,15 +9,13 @@ Outbound frames go through a bounded queue drained by one writer task.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
-from collections import deque
 from typing import Any, Literal
 
 import msgspec
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from parley.metrics import Metrics
 from parley.protocol import frames, limits
@@ -56,9 +54,10 @@ log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 _PONG = _encode(PongFrame())
 
-#: A reader this far behind is cut off (4008) instead of growing server memory;
-#: it reconnects with `?since=` and loses nothing.
-MAX_OUTBOX = 10_000
+#: A reader this far behind (bytes the kernel would not take yet) is cut off
+#: (4008) instead of growing server memory; it reconnects with `?since=` and
+#: loses nothing.
+MAX_WRITE_BUFFER = 4 * 1024 * 1024
 #: All frames from one socket: far above any real client, low enough to stop a flood.
 FRAME_RATE, FRAME_BURST = 1000.0, 5000.0
 #: Typing notices per socket: a keystroke storm becomes one notice a second.
@@ -73,6 +72,7 @@ class WsConnection:
         messaging: MessagingService,
         presence: PresenceService,
         metrics: Metrics,
+        transport: asyncio.Transport | None,
     ) -> None:
         self.metrics = metrics
         self.ws = ws
@@ -80,8 +80,9 @@ class WsConnection:
         self.device_id = principal.device_id
         self.messaging = messaging
         self.presence = presence
-        self._outbox: deque[bytes] = deque()
-        self._flusher: asyncio.Task[None] | None = None
+        self._outbox: list[bytes] = []
+        self._flush_scheduled = False
+        self._transport = transport
         #: While replaying, live events wait here so none is lost or doubled.
         self._held: list[tuple[int | None, bytes]] | None = []
         self._last_cursor = 0
@@ -105,23 +106,30 @@ class WsConnection:
         self.push(payload)
 
     def push(self, data: bytes) -> None:
+        """Queue one text frame; everything queued in this loop turn leaves in one write."""
         if self._closing:
             return
-        if len(self._outbox) >= MAX_OUTBOX:
-            self.close_soon(frames.CLOSE_TOO_SLOW, "reading too slowly; reconnect with since")
-            return
         self._outbox.append(data)
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _flush(self) -> None:
-        try:
-            while self._outbox:
-                await self.ws.send_frame(self._outbox.popleft(), WSMsgType.TEXT)
-        except (ConnectionError, RuntimeError):
+    def _flush(self) -> None:
+        # Frames are written straight to the transport, all at once: under load
+        # a client gets its ack, echo and receipts in one send() instead of one
+        # each (aiohttp's writer costs a system call per frame).
+        self._flush_scheduled = False
+        transport = self._transport
+        if transport is None or transport.is_closing():
             self._outbox.clear()
-        finally:
-            self._flusher = None
+            return
+        chunks: list[bytes] = []
+        for data in self._outbox:
+            chunks += (_text_frame_header(len(data)), data)
+        self._outbox.clear()
+        transport.write(b"".join(chunks))
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            self.close_soon(frames.CLOSE_TOO_SLOW, "reading too slowly; reconnect with since")
 
     def send_error(self, exc: ParleyError, ref: str | None) -> None:
         self.metrics.errors.labels(exc.code).inc()
@@ -132,10 +140,9 @@ class WsConnection:
             return
         self._closing = True
 
+        self._flush()  # what was queued before the close goes out before it
+
         async def close() -> None:
-            if self._flusher is not None:
-                with contextlib.suppress(Exception):
-                    await self._flusher
             await self.ws.close(code=code, message=reason.encode())
 
         self._close_task = asyncio.get_running_loop().create_task(close())
@@ -312,18 +319,40 @@ class WsEndpoint:
         if header is not None:
             principal = await self.accounts.authenticate(bearer_token(header))
             self.check_capacity(principal.user_id)
-        ws = web.WebSocketResponse(max_msg_size=limits.MAX_FRAME_BYTES, autoping=True)
+        # No permessage-deflate: frames are written pre-framed and uncompressed
+        # (see WsConnection._flush); chat frames are small anyway.
+        ws = web.WebSocketResponse(
+            max_msg_size=limits.MAX_FRAME_BYTES, autoping=True, compress=False
+        )
         await ws.prepare(request)
+        # From here on the socket is upgraded: no HTTP answer can be sent any more.
+        try:
+            await self._serve_upgraded(ws, request, principal, since)
+        except Exception:
+            log.exception("WebSocket connection failed")
+            if not ws.closed:
+                await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
+        return ws
+
+    async def _serve_upgraded(
+        self,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        principal: Principal | None,
+        since: int | None,
+    ) -> None:
         if principal is None:
             principal = await self._auth_by_frame(ws)
             if principal is None:
-                return ws
+                return
             try:
                 self.check_capacity(principal.user_id)
             except RateLimited as exc:
                 await _refuse(ws, exc, frames.CLOSE_RATE_LIMITED)
-                return ws
-        conn = WsConnection(ws, principal, self.messaging, self.presence, self.metrics)
+                return
+        conn = WsConnection(
+            ws, principal, self.messaging, self.presence, self.metrics, request.transport
+        )
         device_key = f"ws:{id(conn)}"
         self.hub.attach(conn)
         self.presence.connected(principal.user_id, device_key)
@@ -348,7 +377,6 @@ class WsEndpoint:
             self.hub.detach(conn)
             self.presence.disconnected(principal.user_id, device_key)
         await conn.finish()
-        return ws
 
     async def _auth_by_frame(self, ws: web.WebSocketResponse) -> Principal | None:
         try:
@@ -373,3 +401,12 @@ async def _refuse(ws: web.WebSocketResponse, exc: ParleyError, code: int) -> Non
     """Tell the client why in an error frame, then close with `code`."""
     await ws.send_frame(_encode(ErrorFrame(code=exc.code, message=exc.message)), WSMsgType.TEXT)
     await ws.close(code=code, message=exc.message.encode()[:120])
+
+
+def _text_frame_header(length: int) -> bytes:
+    """RFC 6455 header of a final, unmasked text frame (server to client)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return bytes((0x81, 126)) + length.to_bytes(2, "big")
+    return bytes((0x81, 127)) + length.to_bytes(8, "big")

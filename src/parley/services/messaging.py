@@ -68,19 +68,23 @@ class MessagingService:
         first: Callable[[asyncio.Future[Any]], None] | None = None,
         started: float = 0.0,
     ) -> asyncio.Future[T]:
-        """Run `first` (e.g. the sender's ack), then publish; return a future the
-        caller may cancel or time out without losing the publication."""
+        """Run `first` (e.g. the sender's ack), then publish, once `future` completes.
+
+        Returns the store's own future: a caller that may be cancelled (a
+        request handler) must await it through `asyncio.shield`, or the
+        cancellation would cancel the publication too.
+        """
         if first is not None:
             future.add_done_callback(first)
         future.add_done_callback(functools.partial(self._publish_committed, started=started))
-        return asyncio.shield(future)
+        return future
 
     # conversations ------------------------------------------------------------------
     async def open_direct(self, user_id: str, peer_id: str) -> tuple[Conversation, bool]:
         if peer_id == user_id:
             raise InvalidRequest("a direct conversation needs another user")
-        outcome = await self._after_commit(
-            self._store.open_direct(new_id("c"), user_id, peer_id, now_ms())
+        outcome = await asyncio.shield(
+            self._after_commit(self._store.open_direct(new_id("c"), user_id, peer_id, now_ms()))
         )
         return outcome.conversation.view_for(user_id), outcome.created
 
@@ -123,26 +127,34 @@ class MessagingService:
     async def create_group(
         self, user_id: str, title: str, member_ids: list[str], max_members: int
     ) -> Conversation:
-        change = await self._after_commit(
-            self._store.create_group(new_id("c"), user_id, title, member_ids, now_ms(), max_members)
+        change = await asyncio.shield(
+            self._after_commit(
+                self._store.create_group(
+                    new_id("c"), user_id, title, member_ids, now_ms(), max_members
+                )
+            )
         )
         return change.conversation.view_for(user_id)
 
     async def add_member(
         self, user_id: str, conversation_id: str, member_id: str, max_members: int
     ) -> None:
-        await self._after_commit(
-            self._store.add_member(conversation_id, user_id, member_id, now_ms(), max_members)
+        await asyncio.shield(
+            self._after_commit(
+                self._store.add_member(conversation_id, user_id, member_id, now_ms(), max_members)
+            )
         )
 
     async def remove_member(self, user_id: str, conversation_id: str, member_id: str) -> None:
-        await self._after_commit(
-            self._store.remove_member(conversation_id, user_id, member_id, now_ms())
+        await asyncio.shield(
+            self._after_commit(
+                self._store.remove_member(conversation_id, user_id, member_id, now_ms())
+            )
         )
 
     async def rename(self, user_id: str, conversation_id: str, title: str) -> Conversation:
-        change = await self._after_commit(
-            self._store.rename(conversation_id, user_id, title, now_ms())
+        change = await asyncio.shield(
+            self._after_commit(self._store.rename(conversation_id, user_id, title, now_ms()))
         )
         return change.conversation.view_for(user_id)
 
