@@ -60,6 +60,20 @@ class Metrics:
             "parley_errors", "Errors answered to clients, by code", ["code"], registry=r
         )
 
+    def track_presence(self, announcements: Callable[[], int], events: Callable[[], int]) -> None:
+        """Status changes announced, and presence events sent for them: their
+        ratio is the fan-out per change (the online part of the audience)."""
+        Gauge(
+            "parley_presence_announcements",
+            "Presence status changes announced",
+            registry=self.registry,
+        ).set_function(announcements)
+        Gauge(
+            "parley_presence_events",
+            "Presence events sent to connected watchers",
+            registry=self.registry,
+        ).set_function(events)
+
     def track_connections(self, count: Callable[[], int]) -> None:
         self.connections.set_function(count)
 

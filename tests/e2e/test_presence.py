@@ -283,3 +283,47 @@ async def test_typing_reaches_only_the_other_members(
     assert err["code"] == "not_found"
     for ws in (a1, a2, b, c):
         await ws.close()
+
+
+async def _presence_counters(http: aiohttp.ClientSession, base: str) -> tuple[float, float]:
+    async with http.get(base + "/metrics") as r:
+        text = await r.text()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("parley_presence_announcements ", "parley_presence_events ")):
+            name, value = line.split()
+            values[name] = float(value)
+    return values["parley_presence_announcements"], values["parley_presence_events"]
+
+
+async def _wait_announcements(
+    http: aiohttp.ClientSession, base: str, at_least: float
+) -> tuple[float, float]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        counters = await _presence_counters(http, base)
+        if counters[0] >= at_least:
+            return counters
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {at_least} announcements")
+
+
+async def test_an_announcement_costs_one_event_per_online_watcher(
+    make_server: Any, http: aiohttp.ClientSession
+) -> None:
+    srv = make_server("--presence-online-delay", "0.2", "--presence-offline-grace", "0.2")
+    star, *fans = await new_users(http, srv.url, 10)
+    for fan in fans:  # all ten may see `star`; three of them are online
+        r = await call(http, "PUT", f"{star.base}/v1/contacts/{fan.user_id}", token=star.token)
+        assert r.status == 204
+    base_ann, _ = await _presence_counters(http, srv.url)
+    watchers = [(await ws_open(http, f.base, f.token))[0] for f in fans[:3]]
+    _, events_before = await _wait_announcements(http, srv.url, base_ann + 3)
+    ws, _ = await ws_open(http, star.base, star.token)
+    for w in watchers:
+        await recv_until(w, presence_of(star.user_id, "online"))
+    announcements, events = await _wait_announcements(http, srv.url, base_ann + 4)
+    assert announcements == base_ann + 4
+    assert events - events_before == 3  # not 9: offline fans cost nothing
+    for sock in (*watchers, ws):
+        await sock.close()

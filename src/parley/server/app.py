@@ -54,6 +54,7 @@ def build_app(config: ServerConfig) -> web.Application:
         online_delay=config.presence_online_delay,
         offline_grace=config.presence_offline_grace,
     )
+    metrics.track_presence(lambda: presence.announcements, lambda: presence.events_sent)
 
     def close_sockets(principal: Principal) -> None:
         hub.close_device(
