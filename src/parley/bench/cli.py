@@ -224,6 +224,7 @@ async def run_all(
     finally:
         pool.close()
     machine["load_average_at_end"] = report.load_average()
+    machine["fsync_ms_at_end"] = report.fsync_ms()
     return {
         "machine": machine,
         "git": report.git_revision(),
@@ -288,6 +289,12 @@ def main(argv: list[str]) -> int:
     load = (m.get("load_average_at_start") or [0.0])[0]
     if load > 0.5:
         print(f"note: load average {load} when the run started: not a quiet machine")
+    fs = [m.get("fsync_ms_at_start"), m.get("fsync_ms_at_end")]
+    if all(fs):
+        print(
+            f"fsync of 4 KiB: p50 {fs[0]['p50']} ms / max {fs[0]['max']} ms at start, "
+            f"p50 {fs[1]['p50']} ms / max {fs[1]['max']} ms at end"
+        )
     print()
     print(report.table(rows, data["skipped"]))
     if args.json is not None:

@@ -158,9 +158,30 @@ def load_average() -> list[float] | None:
         return None
 
 
+def fsync_ms(directory: str | None = None, rounds: int = 20) -> dict[str, float] | None:
+    """How long a 4 KiB write + fsync takes here (what a durable commit waits for):
+    p50 and max in ms. A busy disk shows up here before it shows up as latency."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory) as f:
+            times = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                f.write(b"x" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+                times.append((time.perf_counter() - t0) * 1000)
+    except OSError:
+        return None
+    times.sort()
+    return {"p50": round(times[len(times) // 2], 3), "max": round(times[-1], 3)}
+
+
 def machine() -> dict[str, Any]:
     return {
         "load_average_at_start": load_average(),
+        "fsync_ms_at_start": fsync_ms(),
         "cpu_model": _cpu_model(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
