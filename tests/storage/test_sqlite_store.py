@@ -71,3 +71,22 @@ async def test_a_constraint_violation_reloads_state_and_spares_the_batch(
     assert [u.user_id for u in await store.list_contacts("u_alice")] == ["u_bob"]
     page, _ = await store.get_messages(cid, before=None, after=0, limit=10)
     assert [(m.seq, m.body) for m in page] == [(1, "one"), (2, "intruder"), (3, "two")]
+
+
+async def test_watermark_moves_in_one_batch_become_one_receipt(store: SqliteStore) -> None:
+    cid = await _direct(store)
+    for i in range(1, 6):
+        await store.append_message(cid, "u_alice", f"k{i}", f"m{i}", f"m{i}", i)
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the writer stalls on its next batch...
+    first = store.move_watermark(cid, "u_bob", "delivered", 1)
+    while not store._queue.empty():  # ...once it has taken `first`; the rest queue behind
+        await asyncio.sleep(0.001)
+    moves = [store.move_watermark(cid, "u_bob", "delivered", s) for s in (4, 2, 3)]
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    outcomes = await asyncio.wait_for(asyncio.gather(first, *moves), 30)
+    assert [len(o.events) for o in outcomes] == [2, 0, 0, 2]
+    assert {e.seq for _, e in outcomes[3].events} == {4}  # the highest, not the last sent
+    conv = await store.get_conversation(cid)
+    assert conv is not None and conv.members["u_bob"].delivered_seq == 4
