@@ -2,7 +2,7 @@
 // first, cache as fallback; the API is never cached) and shows push
 // notifications that open the conversation when clicked.
 
-const CACHE = "parley-shell-v1";
+const CACHE = "parley-shell-v2";
 const SHELL = [
   "/",
   "/app/styles.css",
@@ -11,6 +11,7 @@ const SHELL = [
   "/app/js/connection.js",
   "/app/js/dom.js",
   "/app/js/format.js",
+  "/app/js/push.js",
   "/app/js/session.js",
   "/app/js/store.js",
   "/app/js/views/auth.js",
@@ -60,15 +61,60 @@ self.addEventListener("fetch", (event) => {
   );
 });
 
-// A push payload is JSON. Accepted shapes: {title, body, conversation_id, tag}
-// or {message: {conversation_id, body, ...}, sender: {display_name}}.
+// The push payload is JSON (docs/push.md, "Payload"): {type: "message", title,
+// body, tag, conversation_id, conversation, sender, message, count, unread}.
+// Older or foreign shapes still give a sensible notification.
 function describe(data) {
   const m = data.message || {};
-  const conversationId = data.conversation_id || m.conversation_id || null;
-  const sender = data.sender_name || (data.sender && (data.sender.display_name || data.sender.username));
-  const title = data.title || sender || "New message";
+  const conversationId = String(data.conversation_id || m.conversation_id || "") || null;
+  const sender = data.sender && (data.sender.display_name || data.sender.username);
+  const title = typeof data.title === "string" && data.title ? data.title : sender || "New message";
   const body = typeof data.body === "string" ? data.body : typeof m.body === "string" ? m.body : "";
-  return { title, body: body.slice(0, 300), conversationId, tag: data.tag || conversationId || "parley" };
+  const count = Number(data.count) || 1;
+  return {
+    title: title.slice(0, 200),
+    body: body.slice(0, 400),
+    conversationId,
+    // One notification per conversation: a newer one replaces it on screen.
+    tag: String(data.tag || conversationId || "parley"),
+    // Coalesced messages (count > 1) alert again; otherwise the replacement is quiet.
+    renotify: count > 1,
+    timestamp: Number(m.sent_at) || Date.now(),
+  };
+}
+
+function conversationUrl(id) {
+  return id ? "/#/c/" + encodeURIComponent(id) : "/";
+}
+
+// Is someone looking at this very conversation right now? Then the app shows
+// the message and a notification would only interrupt. Only the page knows
+// what it shows (a client's URL here does not follow its #/c/<id> route), so
+// focused, visible windows are asked; no answer in time means "no".
+function ask(win, question, ms) {
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    const timer = setTimeout(() => resolve(null), ms);
+    channel.port1.onmessage = (e) => {
+      clearTimeout(timer);
+      resolve(e.data);
+    };
+    try {
+      win.postMessage(question, [channel.port2]);
+    } catch {
+      clearTimeout(timer);
+      resolve(null);
+    }
+  });
+}
+
+async function watching(wins, conversationId) {
+  if (!conversationId) return false;
+  const looking = wins.filter(
+    (w) => w.focused && w.visibilityState === "visible" && new URL(w.url).origin === self.location.origin,
+  );
+  const answers = await Promise.all(looking.map((w) => ask(w, { type: "viewing" }, 500)));
+  return answers.some((a) => a && a.conversation_id === conversationId);
 }
 
 self.addEventListener("push", (event) => {
@@ -78,35 +124,47 @@ self.addEventListener("push", (event) => {
   } catch {
     data = { body: event.data ? event.data.text() : "" };
   }
+  if (!data || typeof data !== "object") data = {};
   const n = describe(data);
   event.waitUntil(
-    self.clients.matchAll({ type: "window", includeUncontrolled: true }).then((wins) => {
-      // Someone is looking at Parley right now: no need to interrupt.
-      if (wins.some((w) => w.visibilityState === "visible" && w.focused)) return undefined;
-      return self.registration.showNotification(n.title, {
-        body: n.body,
-        tag: n.tag,
-        renotify: true,
-        icon: "/app/icons/icon.svg",
-        badge: "/app/icons/icon.svg",
-        data: { conversation_id: n.conversationId },
-      });
-    }),
+    self.clients
+      .matchAll({ type: "window", includeUncontrolled: true })
+      .then((wins) => watching(wins, n.conversationId))
+      .then((seen) => {
+        if (seen) return undefined;
+        return self.registration.showNotification(n.title, {
+          body: n.body,
+          tag: n.tag,
+          renotify: n.renotify,
+          timestamp: n.timestamp,
+          icon: "/app/icons/icon.svg",
+          badge: "/app/icons/icon.svg",
+          data: { conversation_id: n.conversationId, url: conversationUrl(n.conversationId) },
+        });
+      }),
   );
 });
 
+// Show the conversation of a clicked notification: in an open Parley window
+// (focused, visible or any, in that order) told by message to go there, or in
+// a new window at its link. Named so tests can drive it: headless browsers
+// cannot click a system notification.
+async function openConversation(data) {
+  const id = data && data.conversation_id ? String(data.conversation_id) : null;
+  const wins = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
+  const ours = wins.filter((w) => new URL(w.url).origin === self.location.origin);
+  const win =
+    ours.find((w) => w.focused) || ours.find((w) => w.visibilityState === "visible") || ours[0];
+  if (!win) return self.clients.openWindow(conversationUrl(id));
+  if (id) win.postMessage({ type: "open", conversation_id: id });
+  try {
+    return await win.focus();
+  } catch {
+    return win; // focusing is only allowed from a real click
+  }
+}
+
 self.addEventListener("notificationclick", (event) => {
   event.notification.close();
-  const id = event.notification.data && event.notification.data.conversation_id;
-  const target = id ? "/#/c/" + encodeURIComponent(id) : "/";
-  event.waitUntil(
-    self.clients.matchAll({ type: "window", includeUncontrolled: true }).then((wins) => {
-      const win = wins.find((w) => new URL(w.url).origin === self.location.origin);
-      if (win) {
-        if (id) win.postMessage({ type: "open", conversation_id: id });
-        return win.focus();
-      }
-      return self.clients.openWindow(target);
-    }),
-  );
+  event.waitUntil(openConversation(event.notification.data));
 });

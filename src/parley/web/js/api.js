@@ -142,6 +142,17 @@ export class Api {
     return this.request("POST", `/v1/conversations/${encodeURIComponent(id)}/read`, { seq });
   }
 
+  // push (docs/push.md)
+  vapidPublicKey() {
+    return this.request("GET", "/v1/push/vapid-public-key", undefined, { auth: false });
+  }
+  addPushSubscription(subscription) {
+    return this.request("POST", "/v1/push/subscriptions", subscription);
+  }
+  removePushSubscription(endpoint) {
+    return this.request("DELETE", "/v1/push/subscriptions", { endpoint });
+  }
+
   // events
   currentCursor() {
     return this.request("GET", "/v1/events");

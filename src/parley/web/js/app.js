@@ -1,8 +1,9 @@
 // Parley web client: boot, routing (#/ and #/c/<id>) and the main layout.
 
-import { Api } from "./api.js";
+import { Api, ApiError } from "./api.js";
 import { Connection } from "./connection.js";
 import { avatar, h, icon } from "./dom.js";
+import { PushError, PushSetup } from "./push.js";
 import { clearSession, loadSession, saveSession } from "./session.js";
 import { Store } from "./store.js";
 import { authView } from "./views/auth.js";
@@ -18,6 +19,7 @@ const api = new Api({
   getToken: () => (session ? session.token : null),
   onUnauthorized: () => signOut(false),
 });
+const push = new PushSetup(api);
 
 function route() {
   const m = /^#\/c\/(.+)$/.exec(location.hash);
@@ -32,21 +34,31 @@ function showAuth() {
       onSession: (s) => {
         session = s;
         saveSession(s);
-        if (location.hash) history.replaceState(null, "", location.pathname);
+        // A conversation link (a notification opened while signed out) is
+        // kept: showMain opens it, or falls back to the list if it isn't ours.
+        if (location.hash && !route()) history.replaceState(null, "", location.pathname);
         showMain();
       },
     }),
   );
 }
 
+let signingOut = false;
+
 async function signOut(tellServer = true) {
-  if (!session) return;
+  if (!session || (tellServer && signingOut)) return;
   if (tellServer) {
+    signingOut = true;
+    // This browser stops getting the user's notifications (at most a short wait).
+    await Promise.race([push.forget(), new Promise((r) => setTimeout(r, 3000))]);
     try {
-      await api.logout();
+      if (session) await api.logout();
     } catch {
       /* the token is forgotten here whatever the server says */
+    } finally {
+      signingOut = false;
     }
+    if (!session) return;
   }
   session = null;
   clearSession();
@@ -76,12 +88,14 @@ function showMain() {
     { type: "button", class: "icon-btn icon-btn-accent", "aria-label": "New chat", title: "New chat" },
     icon("compose"),
   );
+  const bell = h("button", { type: "button", class: "icon-btn bell-btn" });
   const logout = h(
     "button",
     { type: "button", class: "icon-btn", "aria-label": "Log out", title: "Log out" },
     icon("logout"),
   );
   const banner = h("div", { class: "conn-banner", role: "status", hidden: true });
+  const notice = noticeArea();
   const search = h("input", {
     type: "search",
     class: "search-input",
@@ -93,8 +107,9 @@ function showMain() {
   const sidebar = h(
     "aside",
     { class: "sidebar", "aria-label": "Chats" },
-    h("header", { class: "sidebar-head" }, meSlot, h("div", { class: "head-actions" }, newGroup, newChat, logout)),
+    h("header", { class: "sidebar-head" }, meSlot, h("div", { class: "head-actions" }, bell, newGroup, newChat, logout)),
     banner,
+    notice.el,
     h("div", { class: "search" }, icon("search", "icon search-icon"), search),
     list.el,
   );
@@ -126,12 +141,18 @@ function showMain() {
     }
     if (!store.conversations.has(id)) {
       if (!store.loaded) return; // opened once the list is in
-      store.fetchConversation(id).then((c) => {
-        if (c && route() === id) {
-          chat = null;
-          openChat(id);
-        } else if (!c) location.hash = "#/";
-      });
+      store
+        .fetchConversation(id)
+        .then((c) => {
+          if (c && route() === id) {
+            chat = null;
+            openChat(id);
+          } else if (!c && route() === id) location.hash = "#/";
+        })
+        .catch((err) => {
+          // Not ours (a link from another account): back to the list.
+          if (err instanceof ApiError && err.status === 403 && route() === id) location.hash = "#/";
+        });
       return;
     }
     chat = new ChatView(store, id, {
@@ -211,6 +232,57 @@ function showMain() {
   newChat.addEventListener("click", () => newChatDialog(store, { onOpen: goTo }));
   newGroup.addEventListener("click", () => newGroupDialog(store, { onOpen: goTo }));
   logout.addEventListener("click", () => signOut(true));
+
+  // ------------------------------------------------------------ notifications
+  let alive = true;
+  let pushOn = false;
+  let pushBusy = false;
+  function showPush() {
+    const label = pushOn ? "Disable notifications" : "Enable notifications";
+    bell.setAttribute("aria-label", label);
+    bell.title = pushOn ? "Notifications on. Click to turn them off" : label;
+    bell.replaceChildren(icon(pushOn ? "bell" : "bell_off"));
+    bell.classList.toggle("is-on", pushOn);
+    bell.setAttribute("aria-busy", String(pushBusy));
+  }
+  async function togglePush() {
+    if (pushBusy) return;
+    pushBusy = true;
+    showPush();
+    notice.hide();
+    const enabling = !pushOn;
+    try {
+      if (enabling) await push.enable();
+      else await push.disable();
+      if (!alive) return;
+      pushOn = enabling;
+      notice.show(enabling ? "Notifications on." : "Notifications off.", "info");
+    } catch (err) {
+      if (!alive) return;
+      const text = err instanceof PushError ? err.message : "Couldn’t change notifications. Try again.";
+      notice.show(text, "error");
+    } finally {
+      pushBusy = false;
+      showPush();
+    }
+  }
+  bell.addEventListener("click", togglePush);
+  showPush();
+  // Signed in: if this browser is subscribed, the server hears it again (for
+  // this user, who may not be the one who subscribed it).
+  push
+    .resync()
+    .then((on) => {
+      if (!alive || pushBusy) return;
+      pushOn = on;
+      showPush();
+    })
+    .catch((err) => {
+      if (!alive || pushBusy) return;
+      pushOn = false;
+      showPush();
+      if (err instanceof PushError) notice.show(err.message, "error");
+    });
   search.addEventListener("input", () => {
     list.filter = search.value;
     list.render(store.activeId);
@@ -240,6 +312,8 @@ function showMain() {
   window.addEventListener("focus", onVisible);
   document.addEventListener("keydown", onKey);
   teardown = () => {
+    alive = false;
+    notice.hide();
     window.removeEventListener("hashchange", onHash);
     document.removeEventListener("visibilitychange", onVisible);
     window.removeEventListener("focus", onVisible);
@@ -267,15 +341,55 @@ function showMain() {
     render();
     openChat(route());
   })();
+}
 
-  // Notification clicks from the service worker open the conversation.
-  if ("serviceWorker" in navigator) {
-    navigator.serviceWorker.addEventListener("message", (e) => {
-      if (e.data && e.data.type === "open" && e.data.conversation_id) {
-        location.hash = "#/c/" + encodeURIComponent(e.data.conversation_id);
-      }
-    });
-  }
+// A short, non-blocking line under the header: information fades after a few
+// seconds, an error stays until dismissed or replaced.
+function noticeArea() {
+  const text = h("span", { class: "notice-text" });
+  const dismiss = h(
+    "button",
+    { type: "button", class: "notice-close", "aria-label": "Dismiss", title: "Dismiss" },
+    icon("close"),
+  );
+  const el = h("div", { class: "notice", role: "status", "aria-live": "polite", hidden: true }, text, dismiss);
+  let timer = null;
+  const hide = () => {
+    clearTimeout(timer);
+    el.hidden = true;
+    text.textContent = "";
+  };
+  dismiss.addEventListener("click", hide);
+  return {
+    el,
+    hide,
+    show(message, kind) {
+      clearTimeout(timer);
+      text.textContent = message;
+      el.className = "notice notice-" + kind;
+      el.hidden = false;
+      if (kind !== "error") timer = setTimeout(hide, 4000);
+    },
+  };
+}
+
+// Messages from the service worker (sw.js): a notification click asks the
+// window to show a conversation (signed out, the link waits in the URL until
+// sign-in); before showing a notification it asks which conversation is on
+// screen, so the one being read does not notify.
+if ("serviceWorker" in navigator) {
+  navigator.serviceWorker.addEventListener("message", (e) => {
+    const d = e.data;
+    if (!d) return;
+    if (d.type === "open" && typeof d.conversation_id === "string" && d.conversation_id) {
+      const target = "#/c/" + encodeURIComponent(d.conversation_id);
+      if (location.hash !== target) location.hash = target;
+    } else if (d.type === "viewing" && e.ports[0]) {
+      const looking = session && document.visibilityState === "visible" && document.hasFocus();
+      e.ports[0].postMessage({ conversation_id: looking ? route() : null });
+    }
+  });
+  navigator.serviceWorker.startMessages();
 }
 
 if ("serviceWorker" in navigator && window.isSecureContext) {
