@@ -114,11 +114,11 @@ export class PushSetup {
           "timeout",
         );
       } catch (err) {
-        const why =
+        throw new PushError(
           err instanceof PushError
-            ? "the browser’s push service didn’t answer"
-            : "this browser has no push service available here (private windows and some browsers don’t offer one)";
-        throw new PushError(`Push notifications aren’t available: ${why}.`);
+            ? "Push notifications aren’t available: the browser’s push service didn’t answer."
+            : "Push notifications aren’t available in this browser (private windows and some browsers have no push service).",
+        );
       }
     }
     try {
