@@ -287,8 +287,12 @@ def main(argv: list[str]) -> int:
         f"{'full' if args.full else 'quick'} sizes, {data['seconds']}s"
     )
     load = (m.get("load_average_at_start") or [0.0])[0]
-    if load > 0.5:
-        print(f"note: load average {load} when the run started: not a quiet machine")
+    pressure = m.get("cpu_pressure_pct_at_start")
+    if load > 0.5 or (pressure or 0) > 5:
+        print(
+            f"note: load average {load}, CPU pressure {pressure}% when the run started: "
+            "not a quiet machine, other work shows up in these figures"
+        )
     fs = [m.get("fsync_ms_at_start"), m.get("fsync_ms_at_end")]
     if all(fs):
         print(

@@ -158,6 +158,15 @@ def load_average() -> list[float] | None:
         return None
 
 
+def cpu_pressure() -> float | None:
+    """Share of the last 10 s in which some task waited for a CPU (Linux PSI), in %."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return float(line.split("avg10=")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def fsync_ms(directory: str | None = None, rounds: int = 20) -> dict[str, float] | None:
     """How long a 4 KiB write + fsync takes here (what a durable commit waits for):
     p50 and max in ms. A busy disk shows up here before it shows up as latency."""
@@ -182,6 +191,7 @@ def machine() -> dict[str, Any]:
     return {
         "load_average_at_start": load_average(),
         "fsync_ms_at_start": fsync_ms(),
+        "cpu_pressure_pct_at_start": cpu_pressure(),
         "cpu_model": _cpu_model(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
