@@ -58,7 +58,8 @@ _PONG = _encode(PongFrame())
 #: (4008) instead of growing server memory; it reconnects with `?since=` and
 #: loses nothing.
 MAX_WRITE_BUFFER = 4 * 1024 * 1024
-#: All frames from one socket: far above any real client, low enough to stop a flood.
+#: All frames from one socket: far above any real client, low enough to stop a
+#: flood. Off, like the send limit, when `--send-rate-limit 0` (benchmarks).
 FRAME_RATE, FRAME_BURST = 1000.0, 5000.0
 #: Typing notices per socket: a keystroke storm becomes one notice a second.
 TYPING_RATE, TYPING_BURST = 1.0, 3.0
@@ -73,6 +74,8 @@ class WsConnection:
         presence: PresenceService,
         metrics: Metrics,
         transport: asyncio.Transport | None,
+        *,
+        limit_frames: bool = True,
     ) -> None:
         self.metrics = metrics
         self.ws = ws
@@ -86,7 +89,7 @@ class WsConnection:
         #: While replaying, live events wait here so none is lost or doubled.
         self._held: list[tuple[int | None, bytes]] | None = []
         self._last_cursor = 0
-        self._frames = TokenBucket(FRAME_RATE, FRAME_BURST)
+        self._frames = TokenBucket(FRAME_RATE if limit_frames else 0.0, FRAME_BURST)
         #: The newest send in flight: sends complete in order, so once it is
         #: done every earlier one has been acked too.
         self._last_send: asyncio.Future[Any] | None = None
@@ -351,7 +354,13 @@ class WsEndpoint:
                 await _refuse(ws, exc, frames.CLOSE_RATE_LIMITED)
                 return
         conn = WsConnection(
-            ws, principal, self.messaging, self.presence, self.metrics, request.transport
+            ws,
+            principal,
+            self.messaging,
+            self.presence,
+            self.metrics,
+            request.transport,
+            limit_frames=self.config.send_rate_limit > 0,
         )
         device_key = f"ws:{id(conn)}"
         self.hub.attach(conn)
