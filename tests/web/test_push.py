@@ -131,7 +131,16 @@ def shown(page: Any) -> list[dict[str, Any]]:
 
 
 def wait_shown(page: Any, check: Callable[[list[dict[str, Any]]], bool], what: str) -> None:
-    eventually(lambda: check(shown(page)), what)
+    last: list[list[dict[str, Any]]] = [[]]
+
+    def ok() -> bool:
+        last[0] = shown(page)
+        return check(last[0])
+
+    try:
+        eventually(ok, what, within=20)  # a loaded 2-CPU machine can be slow to show one
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; shown: {last[0]}") from None
 
 
 def click_notification(client: Client, tag: str) -> None:
