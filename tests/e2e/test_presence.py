@@ -327,3 +327,14 @@ async def test_an_announcement_costs_one_event_per_online_watcher(
     assert events - events_before == 3  # not 9: offline fans cost nothing
     for sock in (*watchers, ws):
         await sock.close()
+
+
+async def test_a_full_batch_of_real_length_ids_fits_in_one_query(
+    presence_server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    alice = await new_user(http, presence_server.url)
+    ids = [alice.user_id, *(f"u{i:024x}" for i in range(499))]  # ids as long as real ones
+    seen = await get_presence(http, alice, *ids)
+    assert len(seen) == 500
+    assert seen[alice.user_id]["status"] in ("online", "offline")
+    assert {v["status"] for k, v in seen.items() if k != alice.user_id} == {"unknown"}

@@ -72,6 +72,12 @@ def row_specs(rates: list[int]) -> list[Spec]:
         ("group", "last_member_p50_ms", "to last member p50", "ms", "lower"),
         ("group", "last_member_p99_ms", "to last member p99", "ms", "lower"),
         ("group", "deliveries_vs_1to1", "deliveries / 1:1 msg/s", "x", "higher"),
+        ("presence", "contacts", "contacts of the user", "users", "higher"),
+        ("presence", "online_watchers", "of them online", "users", "higher"),
+        ("presence", "events_per_online_change", "events per going online", "events", "lower"),
+        ("presence", "events_per_offline_change", "events per going offline", "events", "lower"),
+        ("presence", "batch500_p50_ms", "batch query of 500 p50", "ms", "lower"),
+        ("presence", "batch500_p99_ms", "batch query of 500 p99", "ms", "lower"),
     ]
     return rows
 
@@ -114,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--catchup-repeats", type=int)
     g.add_argument("--group-members", type=int)
     g.add_argument("--group-duration", type=float)
+    g.add_argument("--presence-contacts", type=int)
+    g.add_argument("--presence-queries", type=int)
     return p
 
 

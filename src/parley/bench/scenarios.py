@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from parley.bench.jobs import ChatArgs, PairSpec, gather_limited
 from parley.bench.report import summarize_us
 from parley.bench.targets import Target
@@ -46,6 +48,8 @@ class Sizes:
     group_members: int = 256
     group_window: int = 8
     group_duration: float = 4.0
+    presence_contacts: int = 1000
+    presence_queries: int = 200
 
     @classmethod
     def full(cls) -> Sizes:
@@ -526,6 +530,90 @@ async def group(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+async def _presence_counters(api: Api) -> tuple[float, float]:
+    async with api.session.get(api.base_url + "/metrics") as r:
+        text = await r.text()
+    found = dict(
+        line.split()
+        for line in text.splitlines()
+        if line.startswith(("parley_presence_announcements ", "parley_presence_events "))
+    )
+    return float(found["parley_presence_announcements"]), float(found["parley_presence_events"])
+
+
+async def _await_announcements(api: Api, at_least: float, within: float = 60.0) -> float:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        announcements, events = await _presence_counters(api)
+        if announcements >= at_least:
+            return events
+        await asyncio.sleep(0.05)
+    raise BenchError(f"presence: fewer than {at_least:.0f} announcements after {within}s")
+
+
+async def presence(ctx: Ctx) -> dict[str, Any]:
+    """A user with `presence_contacts` contacts, a tenth of them online, goes
+    online then offline: presence events per status change (should be the
+    online tenth, not all); then batch queries of 500 users' presence."""
+    if ctx.target.name != "parley":
+        raise NotSupported("the bare relay has no presence")
+    s = ctx.sizes
+    n = s.presence_contacts
+    users = await ctx.users.get(n + 1, ctx.progress)
+    star, fans = users[0], users[1 : n + 1]
+    ctx.progress.phase(f"presence: {n:,} contacts")
+    await gather_limited(
+        [ctx.api.call("PUT", f"/v1/contacts/{f.user_id}", token=star.token) for f in fans], 32
+    )
+    online = fans[: max(1, n // 10)]
+    base, _ = await _presence_counters(ctx.api)
+    ctx.progress.phase(f"presence: {len(online)} of them connect")
+    # Sockets on their own session: the API session's pool is capped at 64.
+    ws_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    sockets = await gather_limited(
+        [
+            ws_session.ws_connect(ctx.api.ws_url, headers={"Authorization": f"Bearer {f.token}"})
+            for f in online
+        ],
+        32,
+    )
+    try:
+        before = await _await_announcements(ctx.api, base + len(online))
+        ctx.progress.phase("presence: the user goes online, then offline")
+        star_ws = await ws_session.ws_connect(
+            ctx.api.ws_url, headers={"Authorization": f"Bearer {star.token}"}
+        )
+        after_online = await _await_announcements(ctx.api, base + len(online) + 1)
+        await star_ws.close()
+        after_offline = await _await_announcements(ctx.api, base + len(online) + 2)
+        ctx.progress.phase("presence: batch queries of 500 users")
+        ids = ",".join(f.user_id for f in fans[:500])
+        lat: list[int] = []
+        for _ in range(s.presence_queries):
+            t0 = time.perf_counter_ns()
+            page = await ctx.api.call(
+                "GET", "/v1/presence", token=online[0].token, params={"user_ids": ids}
+            )
+            lat.append((time.perf_counter_ns() - t0) // 1000)
+            if len(page["presence"]) != min(500, n):
+                raise BenchError("presence: batch answer has the wrong size")
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets))
+        await ws_session.close()
+    query = summarize_us(lat)
+    return {
+        "query": query,
+        "metrics": {
+            "contacts": n,
+            "online_watchers": len(online),
+            "events_per_online_change": after_online - before,
+            "events_per_offline_change": after_offline - after_online,
+            "batch500_p50_ms": query["p50_ms"],
+            "batch500_p99_ms": query["p99_ms"],
+        },
+    }
+
+
 SCENARIOS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     # connections first: RSS per socket is cleanest before traffic has grown the heap
     "connections": connections,
@@ -534,6 +622,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "history": history,
     "catchup": catchup,
     "group": group,
+    "presence": presence,
 }
 
 __all__ = ["SCENARIOS", "BenchError", "Ctx", "NotSupported", "Progress", "Sizes", "Users"]

@@ -30,6 +30,7 @@ log = logging.getLogger("parley")
 #: Seconds an idle or half-sent HTTP connection may stay open (slow clients and
 #: slowloris alike); browsers and SDKs reconnect transparently.
 HANDSHAKE_TIMEOUT = 10.0
+MAX_REQUEST_LINE = 32 * 1024
 
 
 def build_app(config: ServerConfig) -> web.Application:
@@ -110,6 +111,9 @@ async def run(config: ServerConfig) -> None:
         # Also the limit for a request (or WebSocket handshake) that never
         # completes: a connection without a whole request by then is closed.
         keepalive_timeout=HANDSHAKE_TIMEOUT,
+        # A presence query names up to 500 users in its URL (about 14 KiB);
+        # aiohttp's default request line limit is 8 KiB.
+        max_line_size=MAX_REQUEST_LINE,
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=4096, reuse_address=True)
