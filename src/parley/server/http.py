@@ -521,14 +521,19 @@ class HttpApi:
     # --- events ---------------------------------------------------------------------------------
     async def poll_events(self, request: web.Request) -> web.StreamResponse:
         principal = self.principal(request)
+        since = since_param(request)
+        if since is None:
+            # Only asking where the log stands (clients do this at start-up,
+            # before opening a socket): not a poll, so not a sign of life.
+            me = principal.user_id
+            return json_response(EventsPage(events=[], next=await self.messaging.cursor(me)))
         self.presence.long_poll_started(principal.user_id, principal.device_id)
         try:
-            return await self._poll(principal.user_id, request)
+            return await self._poll(principal.user_id, request, since)
         finally:
             self.presence.long_poll_ended(principal.user_id, principal.device_id)
 
-    async def _poll(self, me: str, request: web.Request) -> web.StreamResponse:
-        since = since_param(request)
+    async def _poll(self, me: str, request: web.Request, since: int) -> web.StreamResponse:
         timeout = int_param(
             request,
             "timeout",
@@ -537,8 +542,6 @@ class HttpApi:
             default=limits.DEFAULT_POLL_TIMEOUT,
         )
         assert timeout is not None
-        if since is None:
-            return json_response(EventsPage(events=[], next=await self.messaging.cursor(me)))
         waiter = self.hub.waiter(me)
         try:
             events = await self.messaging.events_after(me, since)
