@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import playwright.sync_api as playwright_sync
 import pytest
 
 from tests.harness import ServerProcess
-
-playwright_sync = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = os.environ.get("PARLEY_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -38,7 +37,8 @@ SERVER_FLAGS = ("--presence-online-delay", "0.2", "--presence-offline-grace", "1
 PASSWORD = "correct horse battery"
 
 if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+    # Fail loudly rather than skip: a missing browser must not pass as a green run.
+    raise RuntimeError(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
 
 
 @pytest.fixture(scope="session")
