@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -80,8 +81,12 @@ async def test_watermark_moves_in_one_batch_become_one_receipt(store: SqliteStor
     blocker = sqlite3.connect(store.path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")  # the writer stalls on its next batch...
     first = store.move_watermark(cid, "u_bob", "delivered", 1)
-    while not store._queue.empty():  # ...once it has taken `first`; the rest queue behind
-        await asyncio.sleep(0.001)
+
+    def writer_took_it() -> None:  # ...once it has taken `first`; the rest queue behind it
+        while not store._queue.empty():
+            time.sleep(0.001)
+
+    await asyncio.wait_for(asyncio.to_thread(writer_took_it), 10)
     moves = [store.move_watermark(cid, "u_bob", "delivered", s) for s in (4, 2, 3)]
     blocker.execute("ROLLBACK")
     blocker.close()
