@@ -6,6 +6,7 @@ import asyncio
 import logging
 import resource
 import signal
+import sys
 
 from aiohttp import web
 
@@ -31,6 +32,7 @@ log = logging.getLogger("parley")
 #: slowloris alike); browsers and SDKs reconnect transparently.
 HANDSHAKE_TIMEOUT = 10.0
 MAX_REQUEST_LINE = 32 * 1024
+GIL_SWITCH_INTERVAL = 0.0005
 
 
 def build_app(config: ServerConfig) -> web.Application:
@@ -139,6 +141,10 @@ def _raise_file_limit() -> None:
 
 def serve(config: ServerConfig) -> None:
     _raise_file_limit()
+    # The storage writer thread drops the GIL around every SQLite call and must
+    # win it back from the event loop; at the default 5 ms switch interval a
+    # commit can wait that long for each statement. 0.5 ms keeps it moving.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
