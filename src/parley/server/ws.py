@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.abc import AbstractStreamWriter
 
 from parley.metrics import Metrics
 from parley.protocol import frames, limits
@@ -58,6 +59,8 @@ _PONG = _encode(PongFrame())
 #: (4008) instead of growing server memory; it reconnects with `?since=` and
 #: loses nothing.
 MAX_WRITE_BUFFER = 4 * 1024 * 1024
+#: A replay sends its next page only once less than this waits in the buffer.
+REPLAY_HIGH_WATER = 1024 * 1024
 #: All frames from one socket: far above any real client, low enough to stop a
 #: flood. Off, like the send limit, when `--send-rate-limit 0` (benchmarks).
 FRAME_RATE, FRAME_BURST = 1000.0, 5000.0
@@ -74,6 +77,7 @@ class WsConnection:
         presence: PresenceService,
         metrics: Metrics,
         transport: asyncio.Transport | None,
+        writer: AbstractStreamWriter | None = None,
         *,
         limit_frames: bool = True,
     ) -> None:
@@ -86,6 +90,10 @@ class WsConnection:
         self._outbox: list[bytes] = []
         self._flush_scheduled = False
         self._transport = transport
+        self._writer = writer
+        if transport is not None:
+            # Flow control pauses writing above this mark; a replay waits on it.
+            transport.set_write_buffer_limits(high=REPLAY_HIGH_WATER)
         #: While replaying, live events wait here so none is lost or doubled.
         self._held: list[tuple[int | None, bytes]] | None = []
         self._last_cursor = 0
@@ -131,7 +139,8 @@ class WsConnection:
             chunks += (_text_frame_header(len(data)), data)
         self._outbox.clear()
         transport.write(b"".join(chunks))
-        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+        replaying = self._held is not None  # replay paces itself (see _drained)
+        if not replaying and transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             self.close_soon(frames.CLOSE_TOO_SLOW, "reading too slowly; reconnect with since")
 
     def send_error(self, exc: ParleyError, ref: str | None) -> None:
@@ -165,9 +174,17 @@ class WsConnection:
             for event in events:
                 self._last_cursor = event.cursor
                 self.push(_encode(event))
+            await self._drained()
             if len(events) < EVENTS_PAGE:
                 break
         self.go_live()
+
+    async def _drained(self) -> None:
+        """During a replay, let the client read what was sent before sending more:
+        a long catch-up is paced by the reader instead of being cut off as slow."""
+        self._flush()
+        if self._writer is not None:
+            await self._writer.drain()  # waits while the transport is over its high mark
 
     def go_live(self) -> None:
         held, self._held = self._held or [], None
@@ -360,6 +377,7 @@ class WsEndpoint:
             self.presence,
             self.metrics,
             request.transport,
+            request.writer,
             limit_frames=self.config.send_rate_limit > 0,
         )
         device_key = f"ws:{id(conn)}"
