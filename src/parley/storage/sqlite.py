@@ -1008,17 +1008,21 @@ def _load_members(conn: sqlite3.Connection, records: list[ConversationRecord]) -
             record.former[row[1]] = row[7]
 
 
-def _recent_messages(conn: sqlite3.Connection, conversation_id: str) -> deque[Message]:
+def _recent_messages(conn: sqlite3.Connection, conversation_id: str, count: int) -> deque[Message]:
     rows = conn.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?"
         " ORDER BY seq DESC LIMIT ?",
-        (conversation_id, RECENT_MESSAGES),
+        (conversation_id, count),
     ).fetchall()
     return deque((_message(r) for r in reversed(rows)), maxlen=RECENT_MESSAGES)
 
 
-def _conversation_from_row(conn: sqlite3.Connection, row: Sequence[Any]) -> ConversationRecord:
-    recent = _recent_messages(conn, row[0])
+def _conversation_from_row(
+    conn: sqlite3.Connection, row: Sequence[Any], recent_count: int = RECENT_MESSAGES
+) -> ConversationRecord:
+    """`recent_count`: the newest messages to load with it (a list needs only
+    the last one; the writer and the cache want a page's worth)."""
+    recent = _recent_messages(conn, row[0], recent_count)
     return ConversationRecord(
         conversation_id=row[0],
         type=row[1],
@@ -1062,7 +1066,7 @@ def _list_conversations(
         " ORDER BY activity DESC, c.conversation_id LIMIT ?",
         (user_id, before if before is not None else 2**62, limit),
     ).fetchall()
-    records = [_conversation_from_row(conn, r) for r in rows]
+    records = [_conversation_from_row(conn, r, recent_count=1) for r in rows]
     if records:
         _load_members(conn, records)
     return records
