@@ -357,16 +357,17 @@ def test_subscribe_push_show_click_and_unsubscribe(
     # Alice goes away (no page open); Bob writes; the server pushes, encrypted.
     # (The app's start-up `GET /v1/events` counts as a long-poll, which keeps a
     # device "connected" for 30 s after it returns: hence the long wait.)
+    # Wait for "online" first: right after signing in again the announced state
+    # can still be the "offline" of signing out, while her devices are connected.
     token = session_of(alice)["token"]
+
+    def status() -> str:
+        reply = api(base, "GET", f"/v1/presence?user_ids={me}", token=token)
+        return str(reply["presence"][me]["status"])
+
+    eventually(lambda: status() == "online", "Alice online again")
     page.goto("about:blank")
-    eventually(
-        lambda: (
-            api(base, "GET", f"/v1/presence?user_ids={me}", token=token)["presence"][me]["status"]
-            == "offline"
-        ),
-        "Alice offline",
-        within=60,
-    )
+    eventually(lambda: status() == "offline", "Alice offline", within=60)
     cid = direct_with(base, bob, me, "Dinner at eight?")
     loop.run(svc.wait_for(lambda: len(sub.received) >= 1))
     pushed = sub.received[0].payload

@@ -23,6 +23,7 @@ export class ChatView {
     this.items = new Map();
     this.seps = new Map();
     this.stuck = true; // keep the view at the newest message
+    this.pinnedTop = 0; // scrollTop when last pinned to the bottom
     this.unseen = 0;
 
     const c = store.conversations.get(id);
@@ -265,6 +266,9 @@ export class ChatView {
     const msgs = s.messagesOf(this.id);
     const fromBottom = this.scroller.scrollHeight - this.scroller.scrollTop;
     const wasAtBottom = this.atBottom();
+    // The reader may have scrolled up since we pinned the view and the scroll
+    // event is not in yet: never drag them back down.
+    if (this.stuck && this.scroller.scrollTop + 1 < this.pinnedTop) this.stuck = false;
     const prevLast = this.lastKey;
     const prevFirst = this.firstKey;
 
@@ -315,6 +319,7 @@ export class ChatView {
     this.stuck = true;
     this.unseen = 0;
     this.scroller.scrollTo({ top: this.scroller.scrollHeight, behavior: smooth ? "smooth" : "auto" });
+    this.pinnedTop = this.scroller.scrollTop;
     this.updateJump();
   }
 
@@ -327,7 +332,10 @@ export class ChatView {
 
   onScroll() {
     this.stuck = this.atBottom();
-    if (this.stuck) this.unseen = 0;
+    if (this.stuck) {
+      this.unseen = 0;
+      this.pinnedTop = this.scroller.scrollTop;
+    }
     this.updateJump();
     this.maybeRead();
     this.maybeLoadOlder();
