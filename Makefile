@@ -8,7 +8,7 @@ CHROMIUM := /usr/bin/chromium
 # Root installs system packages directly; anyone else goes through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint fmt bench clean
+.PHONY: run test lint fmt bench bench-peers clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,17 @@ test: $(DEVSTAMP) $(CHROMIUM)
 bench: $(DEVSTAMP)
 	$(BIN)/parley bench $(ARGS)
 
+# Matrix Synapse, to compare against on this box: its own virtualenv, never a
+# dependency of Parley's. PostgreSQL comes from the machine's packages.
+SYNAPSE_VENV := .venv-synapse
+$(SYNAPSE_VENV)/.installed:
+	$(PY) -m venv $(SYNAPSE_VENV)
+	$(SYNAPSE_VENV)/bin/pip install --quiet 'matrix-synapse[postgres]'
+	touch $@
+
+bench-peers: $(DEVSTAMP) $(SYNAPSE_VENV)/.installed
+	$(BIN)/parley bench peers --synapse-python $(SYNAPSE_VENV)/bin/python $(ARGS)
+
 lint: $(DEVSTAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
@@ -46,4 +57,4 @@ fmt: $(DEVSTAMP)
 	$(BIN)/ruff check --fix src tests
 
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV) $(SYNAPSE_VENV) data

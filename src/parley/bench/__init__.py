@@ -7,6 +7,10 @@ from __future__ import annotations
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["peers"]:
+        from parley.bench.peers import main as peers
+
+        return peers(argv[1:])
     from parley.bench.cli import main as run
 
     return run(argv)
