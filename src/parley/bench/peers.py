@@ -240,7 +240,6 @@ async def drive(
         users.append((await peer.user(f"s{tag}x{i}"), await peer.user(f"r{tag}x{i}")))
     rooms = [await peer.pair(s, r) for s, r in users]
     tally = Tally()
-    stop = asyncio.Event()
 
     async def one_pair(i: int) -> None:
         sender, receiver = users[i]
@@ -249,7 +248,7 @@ async def drive(
 
         async def sending() -> None:
             n = 0
-            while not stop.is_set():
+            while True:
                 await slots.acquire()
                 n += 1
                 await peer.send(sender, room, f"t{tag}x{i}x{n}", stamped_body("hello"))
@@ -263,26 +262,23 @@ async def drive(
                         tally.done += 1
                         tally.latencies_ms.append((now - body_time(body)) / 1e6)
 
-        tasks = [asyncio.create_task(sending()), asyncio.create_task(receiving())]
-        await stop.wait()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # A failed request ends the whole run: a pair that silently stopped
+        # would make the server look slower than it is.
+        await asyncio.gather(sending(), receiving())
 
     runners = [asyncio.create_task(one_pair(i)) for i in range(pairs)]
-    await asyncio.sleep(warmup)
-    failed = [t for t in runners if t.done()]
-    if failed:
-        stop.set()
-        await asyncio.gather(*runners, return_exceptions=True)
-        raise BenchError(f"{peer.name}: a pair stopped during warm-up: {failed[0].exception()!r}")
+    await asyncio.wait(runners, timeout=warmup, return_when=asyncio.FIRST_EXCEPTION)
     tally.measuring = True
     started, cpu_before = time.monotonic(), cpu_seconds()
-    await asyncio.sleep(duration)
+    await asyncio.wait(runners, timeout=duration, return_when=asyncio.FIRST_EXCEPTION)
     tally.measuring = False
     elapsed, cpu_after = time.monotonic() - started, cpu_seconds()
-    stop.set()
-    await asyncio.gather(*runners, return_exceptions=True)
+    for task in runners:
+        task.cancel()
+    outcomes = await asyncio.gather(*runners, return_exceptions=True)
+    errors = [o for o in outcomes if isinstance(o, Exception)]
+    if errors:
+        raise BenchError(f"{peer.name}: a pair failed: {errors[0]!r}")
     lat = sorted(tally.latencies_ms)
 
     def pct(p: float) -> float | None:
@@ -344,7 +340,6 @@ def _run(argv: list[str]) -> None:
 
 
 def start_synapse(python: str, core: int | None, timeout: float = 120.0) -> Synapse:
-    python = os.path.abspath(python)  # it runs in its own directory; keep the venv's symlink
     workdir = Path(tempfile.mkdtemp(prefix="parley-bench-synapse-"))
     pg_dir = Path(tempfile.mkdtemp(prefix="parley-bench-pg-"))
     if os.geteuid() == 0:
@@ -496,6 +491,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    # Synapse runs in its own directory. abspath, not resolve: the venv's python
+    # is a symlink, and resolving it would leave the venv.
+    args.synapse_python = os.path.abspath(args.synapse_python)
     if shutil.which("taskset") is None:
         raise SystemExit("parley bench peers: needs taskset (util-linux)")
     machine = report.machine()
