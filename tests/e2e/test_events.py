@@ -99,6 +99,34 @@ async def test_waiting_poll_returns_when_message_arrives(
     assert r.status == 200, r
     got = [e["message"] for e in r.body["events"] if e["type"] == "message"]
     assert got and got[0]["message_id"] == m["message_id"], r
+    # The woken poll answers with the events as they were published; asking
+    # again from the same cursor reads them from storage: the same page.
+    again = await poll(http, a, since=since, wait=0)
+    assert again.body == r.body, (again.body, r.body)
+
+
+async def test_a_woken_poll_returns_everything_published_with_its_cursors(
+    shared_server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    a, b = await new_users(http, shared_server.url, 2)
+    cid = (await direct(http, a, b))["conversation_id"]
+    since = await cursor_now(http, a)
+    waiter = asyncio.create_task(poll(http, a, since=since, wait=30))
+    await asyncio.sleep(0.3)
+    sent = await asyncio.gather(*(send_ok(http, b, cid, f"m{i}") for i in range(20)))
+    seen: list[str] = []
+    r = await asyncio.wait_for(waiter, 15)
+    cursor = since
+    while True:
+        cursors = [e["cursor"] for e in r.body["events"]]
+        assert cursors == list(range(cursor + 1, cursor + 1 + len(cursors))), r.body
+        assert r.body["next"] == (cursors[-1] if cursors else cursor)
+        cursor = r.body["next"]
+        seen += [e["message"]["message_id"] for e in r.body["events"] if e["type"] == "message"]
+        if len(seen) >= len(sent):
+            break
+        r = await poll(http, a, since=cursor, wait=5)
+    assert sorted(seen) == sorted(m["message_id"] for m in sent)
 
 
 async def test_poll_timeout_elapses_empty(

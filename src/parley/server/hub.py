@@ -25,12 +25,35 @@ class Connection(Protocol):
     def close_soon(self, code: int, reason: str) -> None: ...
 
 
+class PollWaiter:
+    """A long-poll waiting for a user's next logged event.
+
+    It also keeps the events that arrive while it waits, already encoded: when
+    they follow on from the poll's cursor, the poll answers with them instead
+    of reading them back from storage.
+    """
+
+    __slots__ = ("events", "woken")
+
+    def __init__(self) -> None:
+        self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.events: list[tuple[int, bytes]] = []
+
+    def events_after(self, since: int, limit: int) -> list[tuple[int, bytes]] | None:
+        """The events kept, if they are exactly the next ones after `since`
+        (no gap, nothing older); else None."""
+        kept = self.events[:limit]
+        if not kept or any(cursor != since + 1 + i for i, (cursor, _) in enumerate(kept)):
+            return None
+        return kept
+
+
 class Hub:
     def __init__(self, bus: Bus, metrics: Metrics) -> None:
         self._bus = bus
         self._events_out = metrics.events_out
         self._connections: dict[str, set[Connection]] = {}
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, set[PollWaiter]] = {}
         self._watched: set[str] = set()
 
     # registry -----------------------------------------------------------------
@@ -65,17 +88,17 @@ class Hub:
                 conn.close_soon(code, reason)
 
     # long-poll ------------------------------------------------------------------
-    def waiter(self, user_id: str) -> asyncio.Future[None]:
-        """A future that completes at the user's next event; `forget` it when done."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(user_id, set()).add(future)
+    def waiter(self, user_id: str) -> PollWaiter:
+        """Wakes at the user's next logged event; `forget` it when done."""
+        waiter = PollWaiter()
+        self._waiters.setdefault(user_id, set()).add(waiter)
         self._watch(user_id)
-        return future
+        return waiter
 
-    def forget(self, user_id: str, future: asyncio.Future[None]) -> None:
+    def forget(self, user_id: str, waiter: PollWaiter) -> None:
         waiters = self._waiters.get(user_id)
         if waiters is not None:
-            waiters.discard(future)
+            waiters.discard(waiter)
             if not waiters:
                 del self._waiters[user_id]
         self._unwatch_if_idle(user_id)
@@ -98,6 +121,7 @@ class Hub:
             conn.deliver(cursor, payload)
         self._events_out.inc(len(conns))
         if cursor is not None:
-            for future in self._waiters.get(user_id, ()):
-                if not future.done():
-                    future.set_result(None)
+            for waiter in self._waiters.get(user_id, ()):
+                waiter.events.append((cursor, payload))
+                if not waiter.woken.done():
+                    waiter.woken.set_result(None)
