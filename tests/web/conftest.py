@@ -35,6 +35,9 @@ CHROMIUM_ARGS = [
 #: Fast presence so the tests see "online" without waiting out the defaults.
 SERVER_FLAGS = ("--presence-online-delay", "0.2", "--presence-offline-grace", "1")
 PASSWORD = "correct horse battery"
+# A loaded CI machine can take a few seconds for what a quiet one does at once:
+# every `expect(...)` waits up to 15 s (the same as actions), not Playwright's 5.
+playwright_sync.expect.set_options(timeout=15_000)
 
 if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
     # Fail loudly rather than skip: a missing browser must not pass as a green run.
