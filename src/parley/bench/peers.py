@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ import aiohttp
 import msgspec
 
 from parley.bench import report
-from parley.bench.targets import Target, free_port, plan_cores, start_parley
+from parley.bench.targets import Target, free_port, pinned, plan_cores, spawn, start_parley
 from parley.bench.wire import BenchError, body_time, stamped_body
 
 _encode = msgspec.json.Encoder().encode
@@ -281,8 +280,9 @@ async def drive(
         raise BenchError(f"{peer.name}: a pair failed: {errors[0]!r}")
     lat = sorted(tally.latencies_ms)
 
-    def pct(p: float) -> float | None:
-        return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))], 2) if lat else None
+    def pct(q: float) -> float | None:
+        value = report.percentile(lat, q)
+        return None if value is None else round(value, 2)
 
     return {
         "messages_per_s": round(tally.done / elapsed, 1),
@@ -310,10 +310,6 @@ def _pg_bin(name: str) -> str:
 def _as_postgres(argv: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root; run its tools as the `postgres` user then."""
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-def _pinned(argv: list[str], core: int | None) -> list[str]:
-    return ["taskset", "-c", str(core), *argv] if core is not None else argv
 
 
 @dataclass
@@ -352,7 +348,7 @@ def start_synapse(python: str, core: int | None, timeout: float = 120.0) -> Syna
         )
     )  # fmt: skip
     _run(
-        _pinned(
+        pinned(
             _as_postgres(
                 [_pg_bin("pg_ctl"), "-D", str(pg_dir / "data"), "-l", str(pg_dir / "pg.log"),
                  "-w", "-o", f"-p {pg_port} -k {pg_dir} -c listen_addresses=127.0.0.1", "start"]
@@ -428,40 +424,17 @@ def start_synapse(python: str, core: int | None, timeout: float = 120.0) -> Syna
             "rc_room_creation": unlimited,
         }
         (workdir / "homeserver.yaml").write_text(json.dumps(config, indent=1))
-        log_path = workdir / "synapse.log"
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                _pinned(
-                    [
-                        python,
-                        "-m",
-                        "synapse.app.homeserver",
-                        "-c",
-                        str(workdir / "homeserver.yaml"),
-                    ],
-                    core,
-                ),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=workdir,
-            )
-        synapse.target = Target(
-            "synapse", f"http://127.0.0.1:{port}", proc.pid, proc, log_path, workdir, pinned=core
+        synapse.target = spawn(
+            "synapse",
+            [python, "-m", "synapse.app.homeserver", "-c", str(workdir / "homeserver.yaml")],
+            port,
+            workdir,
+            core,
+            timeout,
+            health="/health",
+            cwd=workdir,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise BenchError(f"synapse exited early:\n{synapse.target.output()}")
-            try:
-                with urllib.request.urlopen(synapse.target.url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        return synapse
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise BenchError(
-                        f"synapse not ready after {timeout}s:\n{synapse.target.output()}"
-                    ) from None
-                time.sleep(0.2)
+        return synapse
     except BaseException:
         synapse.stop()
         raise

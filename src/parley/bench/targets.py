@@ -115,21 +115,35 @@ def _preexec() -> None:
     raise_nofile()
 
 
-def _spawn(
-    name: str, argv: list[str], port: int, workdir: Path, core: int | None, timeout: float
+def pinned(argv: list[str], core: int | None) -> list[str]:
+    """`argv`, run on `core` only (unchanged when `core` is None)."""
+    if core is None:
+        return argv
+    if shutil.which("taskset"):
+        return ["taskset", "-c", str(core), *argv]
+    return [  # pragma: no cover - util-linux is nearly everywhere
+        sys.executable,
+        "-c",
+        "import os,sys; os.sched_setaffinity(0,{int(sys.argv[1])}); "
+        "os.execv(sys.argv[2], sys.argv[2:])",
+        str(core),
+        *argv,
+    ]
+
+
+def spawn(
+    name: str,
+    argv: list[str],
+    port: int,
+    workdir: Path,
+    core: int | None,
+    timeout: float,
+    *,
+    health: str = "/healthz",
+    cwd: Path | None = None,
 ) -> Target:
-    if core is not None:
-        if shutil.which("taskset"):
-            argv = ["taskset", "-c", str(core), *argv]
-        else:  # pragma: no cover - util-linux is nearly everywhere
-            argv = [
-                sys.executable,
-                "-c",
-                "import os,sys; os.sched_setaffinity(0,{int(sys.argv[1])}); "
-                "os.execv(sys.argv[2], sys.argv[2:])",
-                str(core),
-                *argv,
-            ]
+    """Start a server pinned to `core` and wait until `GET health` answers 200."""
+    argv = pinned(argv, core)
     log_path = workdir / f"{name}.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -138,6 +152,7 @@ def _spawn(
             stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
             preexec_fn=_preexec,
+            cwd=cwd,
         )
     target = Target(
         name, f"http://127.0.0.1:{port}", proc.pid, proc, log_path, workdir, pinned=core
@@ -149,7 +164,7 @@ def _spawn(
             target.stop()
             raise BenchError(f"{name} exited early:\n{out}")
         try:
-            with urllib.request.urlopen(target.url + "/healthz", timeout=1) as r:
+            with urllib.request.urlopen(target.url + health, timeout=1) as r:
                 if r.status == 200:
                     return target
         except OSError:
@@ -183,7 +198,7 @@ def start_parley(core: int | None, extra: list[str], timeout: float = 30.0) -> T
         "1000000",
         *extra,
     ]
-    return _spawn("parley", argv, port, workdir, core, timeout)
+    return spawn("parley", argv, port, workdir, core, timeout)
 
 
 def start_relay(core: int | None, timeout: float = 30.0) -> Target:
@@ -192,7 +207,7 @@ def start_relay(core: int | None, timeout: float = 30.0) -> Target:
     workdir = Path(tempfile.mkdtemp(prefix="parley-bench-relay-"))
     port = free_port()
     argv = [sys.executable, "-m", "parley.bench.relay", "--port", str(port)]
-    return _spawn("baseline", argv, port, workdir, core, timeout)
+    return spawn("baseline", argv, port, workdir, core, timeout)
 
 
 def external(url: str, pid: int | None) -> Target:
