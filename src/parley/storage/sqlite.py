@@ -763,12 +763,20 @@ class SqliteStore(Store):
         conv = self._conv(conn, conversation_id)
         if conv is None or sender_id not in conv.members:
             raise NotFound("no such conversation")
-        row = conn.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-            " WHERE conversation_id = ? AND sender_id = ? AND client_msg_id = ?",
-            (conversation_id, sender_id, client_msg_id),
-        ).fetchone()
-        if row:
+        seq = conv.last_seq + 1
+        # The idempotency index finds a resend while inserting: a new message
+        # costs one index descent, not a lookup and then an insert.
+        inserted = conn.execute(
+            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (conversation_id, sender_id, client_msg_id) DO NOTHING",
+            (conversation_id, seq, message_id, sender_id, client_msg_id, body, now),
+        ).rowcount
+        if not inserted:
+            row = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+                " WHERE conversation_id = ? AND sender_id = ? AND client_msg_id = ?",
+                (conversation_id, sender_id, client_msg_id),
+            ).fetchone()
             return SendOutcome(
                 events=[],
                 message=_message(row),
@@ -776,7 +784,6 @@ class SqliteStore(Store):
                 conversation_type=conv.type,
                 member_ids=list(conv.members),
             )
-        seq = conv.last_seq + 1
         message = Message(
             conversation_id=conversation_id,
             seq=seq,
@@ -785,10 +792,6 @@ class SqliteStore(Store):
             client_msg_id=client_msg_id,
             body=body,
             sent_at=now,
-        )
-        conn.execute(
-            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (conversation_id, seq, message_id, sender_id, client_msg_id, body, now),
         )
         conv.last_seq, conv.last_activity, conv.last_message = seq, now, message
         conv.recent.append(message)
