@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rates", help="latency: offered msg/s, comma-separated")
     g.add_argument("--latency-pairs", type=int)
     g.add_argument("--latency-duration", type=float)
+    g.add_argument(
+        "--delivered-delay",
+        type=float,
+        help="latency, connections: receivers coalesce `delivered` over this many"
+        " seconds, as Parley's clients do (default 0.05; 0: once per read burst)",
+    )
     g.add_argument("--connections", type=int, help="idle sockets (19000 for the issue's target)")
     g.add_argument("--probe-duration", type=float, help="connections: chat probe seconds")
     g.add_argument("--history-messages", type=int)

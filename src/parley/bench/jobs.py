@@ -78,6 +78,8 @@ class ChatArgs(TypedDict):
     warmup: float
     duration: float
     drain: float
+    #: receivers coalesce `delivered` over this many seconds (0: once per read burst)
+    delivered_delay: float
 
 
 class _Pair:
@@ -88,6 +90,7 @@ class _Pair:
         "b",
         "b_max",
         "b_sent",
+        "b_timer",
         "b_user",
         "cid",
         "idx",
@@ -109,14 +112,16 @@ class _Pair:
         self.n = 0
         self.b_max = 0
         self.b_sent = 0
+        self.b_timer: asyncio.TimerHandle | None = None
         self.a: Conn | None = None
         self.b: Conn | None = None
 
 
 class Chat:
-    """P pairs; A sends to B, B acknowledges delivery (coalesced, once per read
-    burst, as a real client does); a message is done when A holds its ack and
-    the `delivered` receipt covering it."""
+    """P pairs; A sends to B, B acknowledges delivery with one cumulative
+    `delivered` per read burst, or per `delivered_delay` as Parley's own
+    clients do; a message is done when A holds its ack and the `delivered`
+    receipt covering it."""
 
     def __init__(self, args: ChatArgs) -> None:
         self.args = args
@@ -210,9 +215,20 @@ class Chat:
 
     def idle_b(self, conn: Conn) -> None:
         p: _Pair = conn.state
-        if p.b_max > p.b_sent:
+        if p.b_max <= p.b_sent or p.b_timer is not None:
+            return
+        delay = self.args["delivered_delay"]
+        if delay:
+            p.b_timer = asyncio.get_running_loop().call_later(delay, self.ack_b, p)
+        else:
+            self.ack_b(p)
+
+    def ack_b(self, p: _Pair) -> None:
+        """B's one cumulative `delivered` for everything it holds so far."""
+        p.b_timer = None
+        if p.b_max > p.b_sent and p.b is not None:
             p.b_sent = p.b_max
-            conn.send(delivered_frame(p.cid, p.b_max))
+            p.b.send(delivered_frame(p.cid, p.b_max))
 
     async def run(self, ctx: WorkerCtx, start: int) -> dict[str, Any]:
         a = self.args
@@ -248,6 +264,9 @@ class Chat:
         while now_ns() < deadline and any(p.inflight for p in self.pairs):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         ctx.progress(force=True, sent=self.sent, done=self.done_total)
+        for p in self.pairs:
+            if p.b_timer is not None:
+                p.b_timer.cancel()
         conns = self.conns()
         await _close_all(conns)
         busy = None

@@ -37,6 +37,10 @@ class Sizes:
     rates: list[int] = field(default_factory=lambda: [1000, 5000, 10000])
     latency_pairs: int = 32
     latency_duration: float = 4.0
+    #: Latency and connection probes: receivers send `delivered` the way Parley's
+    #: SDK (50 ms) and web client (60 ms) do, one cumulative frame per conversation
+    #: per 50 ms. Throughput needs every receipt at once (its window waits on them).
+    delivered_delay: float = 0.05
     connections: int = 2000
     probe_rate: int = 1000
     probe_duration: float = 3.0
@@ -251,6 +255,7 @@ def chat_args(ctx: Ctx, pairs: list[PairSpec], **kw: Any) -> list[ChatArgs]:
             warmup=kw.get("warmup", ctx.sizes.warmup),
             duration=kw["duration"],
             drain=kw.get("drain", 5.0),
+            delivered_delay=kw.get("delivered_delay", 0.0),
         )
         out.append(args)
     return out
@@ -283,7 +288,13 @@ async def latency(ctx: Ctx) -> dict[str, Any]:
     for rate in s.rates:
         ctx.progress.phase(f"latency: {rate:,} msg/s offered, {s.latency_duration:g}s")
         res = await ctx.run_chat(
-            chat_args(ctx, pairs, rate=float(rate), duration=s.latency_duration)
+            chat_args(
+                ctx,
+                pairs,
+                rate=float(rate),
+                duration=s.latency_duration,
+                delivered_delay=s.delivered_delay,
+            )
         )
         by_rate[str(rate)] = res
         k = f"{rate // 1000}k" if rate % 1000 == 0 else str(rate)  # as cli.rate_key
@@ -307,7 +318,12 @@ async def connections(ctx: Ctx) -> dict[str, Any]:
     chunks = split(tokens, procs)
     loopback = ctx.target.host in ("127.0.0.1", "localhost")
     probe = chat_args(
-        ctx, probe_pairs, rate=float(s.probe_rate), duration=s.probe_duration, warmup=0.5
+        ctx,
+        probe_pairs,
+        rate=float(s.probe_rate),
+        duration=s.probe_duration,
+        warmup=0.5,
+        delivered_delay=s.delivered_delay,
     )
     probe[0]["pairs"] = probe_pairs
     probe[0]["rate"] = float(s.probe_rate)
