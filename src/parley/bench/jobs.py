@@ -129,6 +129,7 @@ class Chat:
         self.window = args["window"]
         self.start = self.m0 = self.m1 = self.end = 0
         self.sent = 0
+        self.delivered_frames = 0
         self.completed = 0
         self.done_total = 0
         self.ack_lat: list[int] = []
@@ -229,6 +230,7 @@ class Chat:
         if p.b_max > p.b_sent and p.b is not None:
             p.b_sent = p.b_max
             p.b.send(delivered_frame(p.cid, p.b_max))
+            self.delivered_frames += 1
 
     async def run(self, ctx: WorkerCtx, start: int) -> dict[str, Any]:
         a = self.args
@@ -275,6 +277,7 @@ class Chat:
         return {
             "load_cpu_busy": busy,
             "sent": self.sent,
+            "delivered_frames": self.delivered_frames,
             "completed_in_window": self.completed,
             "unfinished": sum(p.inflight for p in self.pairs),
             "ack_us": self.ack_lat,

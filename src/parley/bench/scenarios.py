@@ -228,6 +228,7 @@ def merge_chat(results: list[dict[str, Any]], duration: float) -> dict[str, Any]
         "server_cpu_busy": None,
         "messages_per_s": completed / duration,
         "sent": sum(r["sent"] for r in results),
+        "delivered_frames": sum(r["delivered_frames"] for r in results),
         "unfinished": sum(r["unfinished"] for r in results),
         "delivered_per_s": len(deliver) / duration,
         "ack": summarize_us(ack),
