@@ -74,6 +74,18 @@ class Metrics:
             registry=self.registry,
         ).set_function(events)
 
+    def track_cache(
+        self, hits: Callable[[], int], misses: Callable[[], int], size: Callable[[], int]
+    ) -> None:
+        """Reads of a conversation (membership, objects, history) answered from
+        memory and from disk, and how many conversations memory holds."""
+        for name, doc, fn in (
+            ("parley_cache_hits", "Conversation reads answered from memory", hits),
+            ("parley_cache_misses", "Conversation reads that went to disk", misses),
+            ("parley_cache_conversations", "Conversations held in memory", size),
+        ):
+            Gauge(name, doc, registry=self.registry).set_function(fn)
+
     def track_connections(self, count: Callable[[], int]) -> None:
         self.connections.set_function(count)
 

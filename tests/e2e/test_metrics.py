@@ -47,3 +47,46 @@ async def test_metrics_count_messages_connections_and_errors(
     assert sample(text, "parley_events_out_total") == 3  # the echo of each send to alice
     assert "parley_event_log_lag_seconds_bucket" in text
     await ws.close()
+
+
+async def test_reads_after_a_write_come_from_memory(
+    server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    """Design section 7: a conversation just written to is read back from the
+    cache (its committed snapshot), not from disk: history, the conversation,
+    and the conversation list with its unread count."""
+    alice, bob = await new_users(http, server.url, 2)
+    conv = await direct(http, alice, bob)
+    cid = conv["conversation_id"]
+    sent = []
+    for i in range(3):
+        r = await call(
+            http,
+            "POST",
+            f"{server.url}/v1/conversations/{cid}/messages",
+            token=alice.token,
+            json_body={"client_msg_id": f"c{i}", "body": f"cached {i}"},
+        )
+        assert r.status == 201, r
+        sent.append(r.body["message"])
+
+    async def cache_counts() -> tuple[float, float]:
+        async with http.get(server.url + "/metrics") as r:
+            text = await r.text()
+        assert sample(text, "parley_cache_conversations") >= 1
+        return sample(text, "parley_cache_hits"), sample(text, "parley_cache_misses")
+
+    hits, misses = await cache_counts()
+    r = await call(http, "GET", f"{server.url}/v1/conversations/{cid}/messages", token=bob.token)
+    assert r.status == 200 and r.body["messages"] == sent, r
+    r = await call(http, "GET", f"{server.url}/v1/conversations/{cid}", token=bob.token)
+    assert r.status == 200 and r.body["last_message"] == sent[-1], r
+    assert r.body["unread"] == 3, r
+    for _ in range(2):  # the first read loads bob's list order; both read records from memory
+        r = await call(http, "GET", f"{server.url}/v1/conversations", token=bob.token)
+        assert r.status == 200, r
+        first = r.body["conversations"][0]
+        assert first["conversation_id"] == cid and first["unread"] == 3, r
+        assert first["last_message"] == sent[-1], r
+    hits_after, misses_after = await cache_counts()
+    assert hits_after >= hits + 4 and misses_after == misses

@@ -7,8 +7,8 @@ import sqlite3
 from collections import deque
 
 from parley.protocol.models import Message
-from parley.storage.base import RECENT_MESSAGES, ConversationRecord
-from parley.storage.cache import ConversationCache
+from parley.storage.base import RECENT_MESSAGES, ConversationRecord, MemberRecord
+from parley.storage.cache import ConversationCache, ConversationLists
 from parley.storage.sqlite import SCHEMA, _select_messages
 
 LAST = 120
@@ -82,3 +82,76 @@ def test_cache_is_bounded_by_count_and_bytes() -> None:
         record.conversation_id = f"c{i}"
         big.install(record)
     assert big.get("c3") is None and big.get("c4") is not None
+
+
+def _conv(
+    cid: str, activity: int, members: list[str], former: tuple[str, ...] = ()
+) -> ConversationRecord:
+    return ConversationRecord(
+        conversation_id=cid,
+        type="group",
+        title=None,
+        created_at=0,
+        last_seq=0,
+        last_activity=activity,
+        members={u: MemberRecord(u, "member") for u in members},
+        former={u: 0 for u in former},
+    )
+
+
+def test_list_order_bounds_and_ties_match_the_database() -> None:
+    lists = ConversationLists()
+    assert lists.page("u", 10, None) is None  # not loaded: the caller reads disk
+    assert lists.begin_load("u") and not lists.begin_load("u")
+    lists.end_load("u", {"a": (5, True), "b": (9, True), "c": (5, True), "d": (7, False)})
+    assert lists.page("u", 10, None) == ["b", "d", "a", "c"]  # activity desc, then id
+    assert lists.page("u", 2, None) == ["b", "d"]
+    assert lists.page("u", 10, 7) == ["a", "c"]  # activity < before
+
+
+def test_snapshots_move_members_and_leave_former_members_in_place() -> None:
+    lists = ConversationLists()
+    for user in ("u", "v"):
+        lists.begin_load(user)
+        lists.end_load(user, {"a": (1, True), "b": (2, True)})
+    lists.update(_conv("a", 10, ["u", "v"]))
+    assert lists.page("u", 10, None) == ["a", "b"]
+    lists.update(_conv("c", 11, ["u"]))  # a new conversation appears on top
+    assert lists.page("u", 10, None) == ["c", "a", "b"]
+    # v was just removed from a: where that leaves it is on disk only
+    lists.update(_conv("a", 12, ["u"], former=("v",)))
+    assert lists.page("v", 10, None) is None
+    lists.begin_load("v")
+    lists.end_load("v", {"a": (12, False), "b": (2, True)})
+    lists.update(_conv("a", 20, ["u"], former=("v",)))  # later activity: not v's business
+    assert lists.page("v", 10, None) == ["a", "b"]
+    assert lists.page("u", 10, None) == ["a", "c", "b"]
+
+
+def test_a_commit_that_races_a_load_is_not_lost() -> None:
+    lists = ConversationLists()
+    lists.begin_load("u")
+    lists.update(_conv("new", 50, ["u"]))  # committed while the load was reading
+    lists.end_load("u", {"old": (1, True)})
+    assert lists.page("u", 10, None) == ["new", "old"]
+    # a removal that raced a load: the load's result is not kept
+    lists.begin_load("w")
+    lists.update(_conv("x", 60, [], former=("w",)))
+    lists.end_load("w", {"x": (59, True)})
+    assert lists.page("w", 10, None) is None
+    # nor when every list had to be forgotten, or the load failed
+    lists.begin_load("z")
+    lists.forget_all()
+    lists.end_load("z", {})
+    assert lists.page("z", 10, None) is None and lists.page("u", 10, None) is None
+    lists.begin_load("z")
+    lists.end_load("z", None)
+    assert lists.page("z", 10, None) is None and lists.begin_load("z")
+
+
+def test_lists_are_bounded() -> None:
+    lists = ConversationLists(max_users=2)
+    for user in ("a", "b", "c"):
+        lists.begin_load(user)
+        lists.end_load(user, {})
+    assert lists.page("a", 1, None) is None and lists.page("c", 1, None) == []

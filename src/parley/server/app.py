@@ -41,6 +41,8 @@ def build_app(config: ServerConfig) -> web.Application:
     store.on_commit = metrics.observe_commit
     store.on_handoff = metrics.event_log_lag.observe
     metrics.track_write_queue(lambda: store.queued_writes)
+    cache = store.cache
+    metrics.track_cache(lambda: cache.hits, lambda: cache.misses, lambda: len(cache))
     bus = MemoryBus()
     hub = Hub(bus, metrics)
     metrics.track_connections(lambda: hub.total)

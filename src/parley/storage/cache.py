@@ -1,4 +1,5 @@
-"""Recently active conversations in memory (design section 7).
+"""Recently active conversations and users' conversation lists in memory
+(design section 7).
 
 Filled only with snapshots the writer made right after a commit, installed in
 commit order on the event loop: whatever a reader finds here is committed and
@@ -9,7 +10,9 @@ evicting the least recently active conversation first.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
+from itertools import chain
 
 from parley.protocol.models import Message
 from parley.storage.base import ConversationRecord
@@ -18,6 +21,8 @@ from parley.storage.base import ConversationRecord
 MAX_CONVERSATIONS = 20_000
 #: Message text kept in memory across all cached conversations.
 MAX_BODY_BYTES = 128 * 1024 * 1024
+#: Users whose conversation list is kept (a few dozen bytes per conversation).
+MAX_LISTS = 100_000
 
 
 class ConversationCache:
@@ -32,6 +37,9 @@ class ConversationCache:
         self.hits = 0
         self.misses = 0
 
+    def __len__(self) -> int:
+        return len(self._records)
+
     def install(self, record: ConversationRecord) -> None:
         cid = record.conversation_id
         size = sum(len(m.body) for m in record.recent)
@@ -44,6 +52,10 @@ class ConversationCache:
         ):
             old, _ = self._records.popitem(last=False)
             self._bytes -= self._sizes.pop(old)
+
+    def discard(self, conversation_id: str) -> None:
+        if self._records.pop(conversation_id, None) is not None:
+            self._bytes -= self._sizes.pop(conversation_id)
 
     def get(self, conversation_id: str) -> ConversationRecord | None:
         record = self._records.get(conversation_id)
@@ -80,3 +92,88 @@ class ConversationCache:
             return None
         first = recent[0].seq
         return [recent[i - first] for i in range(lo, hi + 1)], has_more
+
+
+#: A user's place for one conversation: the activity that orders its list, and
+#: whether it is still a member (a former member's place is fixed at its removal).
+Place = tuple[int, bool]
+
+
+class ConversationLists:
+    """Each recently listing user's conversations in list order, so that a
+    conversation list reads only memory: the records come from
+    `ConversationCache`, the order from here.
+
+    Loaded from disk once per user, then kept current from the same committed
+    snapshots. Snapshots installed while a load is reading are replayed onto
+    its result, so a load never misses a commit that raced it. A removal is
+    not replayed (where it leaves the former member's entry is on disk only):
+    that user's list is dropped and read again on its next use."""
+
+    def __init__(self, max_users: int = MAX_LISTS) -> None:
+        self._lists: OrderedDict[str, dict[str, Place]] = OrderedDict()
+        #: user → snapshots installed since its load began (None: start over)
+        self._loading: dict[str, list[ConversationRecord | None]] = {}
+        self.max_users = max_users
+
+    def __len__(self) -> int:
+        return len(self._lists)
+
+    def page(self, user_id: str, limit: int, before: int | None) -> list[str] | None:
+        """Conversation ids, most recent activity first, activity < `before`
+        (ties by id, as the database orders them); None if not loaded."""
+        places = self._lists.get(user_id)
+        if places is None:
+            return None
+        self._lists.move_to_end(user_id)
+        bound = before if before is not None else 2**62
+        first = heapq.nsmallest(
+            limit, ((-at, cid) for cid, (at, _) in places.items() if at < bound)
+        )
+        return [cid for _, cid in first]
+
+    def begin_load(self, user_id: str) -> bool:
+        """Watch installs for `user_id` while its list is read from disk; False
+        if a load is already running (the caller then just reads the database)."""
+        if user_id in self._loading:
+            return False
+        self._loading[user_id] = []
+        return True
+
+    def end_load(self, user_id: str, places: dict[str, Place] | None) -> None:
+        """Keep what the load read (None: it failed), plus what committed since."""
+        raced = self._loading.pop(user_id)
+        if places is None or not all(_place(places, user_id, r) for r in raced):
+            return
+        self._lists[user_id] = places
+        self._lists.move_to_end(user_id)
+        while len(self._lists) > self.max_users:
+            self._lists.popitem(last=False)
+
+    def update(self, record: ConversationRecord) -> None:
+        """A committed snapshot of `record`: move its members' entries."""
+        for user_id in chain(record.members, record.former):
+            raced = self._loading.get(user_id)
+            if raced is not None:
+                raced.append(record)
+            places = self._lists.get(user_id)
+            if places is not None and not _place(places, user_id, record):
+                del self._lists[user_id]
+
+    def forget_all(self) -> None:
+        """Some conversation changed in a way no snapshot shows: read every list again."""
+        self._lists.clear()
+        for raced in self._loading.values():
+            raced.append(None)
+
+
+def _place(places: dict[str, Place], user_id: str, record: ConversationRecord | None) -> bool:
+    """Apply one snapshot to a user's entries; False if only the disk knows the result."""
+    if record is None:
+        return False
+    cid = record.conversation_id
+    if user_id in record.members:
+        places[cid] = (record.last_activity, True)
+        return True
+    place = places.get(cid)
+    return place is not None and not place[1]  # already former: its place stays

@@ -58,7 +58,7 @@ from parley.storage.base import (
     UserEvent,
     UserRecord,
 )
-from parley.storage.cache import ConversationCache
+from parley.storage.cache import ConversationCache, ConversationLists, Place
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -218,12 +218,13 @@ class SqliteStore(Store):
         self._convs: dict[str, ConversationRecord | None] = {}
         self._cursors: dict[str, int] = {}
         #: Conversations changed by the batch being written; snapshotted at commit.
-        self._dirty: set[str] = set()
+        self._changed: set[str] = set()
         #: Rows whose in-memory state is ahead of disk until `_flush_state`.
         self._dirty_members: set[tuple[str, str]] = set()
         self._dirty_counters: set[str] = set()
         # Read on the loop only; filled in commit order from writer snapshots.
         self.cache = ConversationCache()
+        self.lists = ConversationLists()
         #: Called on the writer thread with (batch size, commit seconds); for metrics.
         self.on_commit: Callable[[int, float], None] | None = None
         #: Called on the loop with the seconds from commit to completing the
@@ -339,13 +340,40 @@ class SqliteStore(Store):
         committed = time.perf_counter()
         if self.on_commit is not None:
             self.on_commit(len(batch), committed - started)
+        snapshots = self._snapshot_changed()
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._resolve, batch, results, committed)
+        self._loop.call_soon_threadsafe(self._resolve, batch, results, snapshots, committed)
 
-    def _resolve(self, batch: list[_Op], results: list[tuple[bool, Any]], committed: float) -> None:
-        """On the loop: complete futures in commit order (their callbacks run in that order)."""
+    def _snapshot_changed(self) -> list[tuple[str, ConversationRecord | None]]:
+        """Copies of the conversations the committed batch changed, for the cache.
+        None where the writer dropped its record (after a refused write): the
+        cache must then forget that conversation rather than keep an old copy."""
+        snapshots = [
+            (cid, record.snapshot() if (record := self._convs.get(cid)) is not None else None)
+            for cid in self._changed
+        ]
+        self._changed.clear()
+        return snapshots
+
+    def _resolve(
+        self,
+        batch: list[_Op],
+        results: list[tuple[bool, Any]],
+        snapshots: list[tuple[str, ConversationRecord | None]],
+        committed: float,
+    ) -> None:
+        """On the loop, in commit order: refresh the cache, then complete the
+        futures (their callbacks run in that order), so that whoever learns of a
+        write reads it back."""
         if self.on_handoff is not None:
             self.on_handoff(time.perf_counter() - committed)
+        for cid, record in snapshots:
+            if record is None:
+                self.cache.discard(cid)
+                self.lists.forget_all()
+            else:
+                self.cache.install(record)
+                self.lists.update(record)
         self._queued -= len(batch)
         for op, (ok, value) in zip(batch, results, strict=True):
             if op.future.done():
@@ -545,7 +573,7 @@ class SqliteStore(Store):
             members=members,
         )
         self._convs[conversation_id] = record
-        self._dirty.add(conversation_id)
+        self._changed.add(conversation_id)
         return record
 
     def _log_conversation(
@@ -558,7 +586,7 @@ class SqliteStore(Store):
         entry keeps only that user's unread count.
         """
         record.version += 1
-        self._dirty.add(record.conversation_id)
+        self._changed.add(record.conversation_id)
         conn.execute(
             "UPDATE conversations SET version = ? WHERE conversation_id = ?",
             (record.version, record.conversation_id),
@@ -734,7 +762,21 @@ class SqliteStore(Store):
     async def list_conversations(
         self, user_id: str, limit: int, before: int | None
     ) -> list[ConversationRecord]:
-        return await self._read(_list_conversations, user_id, limit, before)
+        ids = self.lists.page(user_id, limit, before)
+        if ids is None and self.lists.begin_load(user_id):
+            places: dict[str, Place] | None = None
+            try:
+                places = await self._read(_places, user_id)
+            finally:
+                self.lists.end_load(user_id, places)
+            ids = self.lists.page(user_id, limit, before)
+        if ids is None:  # loading elsewhere, or changed while loading
+            return await self._read(_list_conversations, user_id, limit, before)
+        found = {cid: r for cid in ids if (r := self.cache.get(cid)) is not None}
+        missing = [cid for cid in ids if cid not in found]
+        if missing:
+            found.update((r.conversation_id, r) for r in await self._read(_listed, missing))
+        return [found[cid] for cid in ids if cid in found]
 
     # messages ------------------------------------------------------------------------
     def append_message(
@@ -795,7 +837,7 @@ class SqliteStore(Store):
         )
         conv.last_seq, conv.last_activity, conv.last_message = seq, now, message
         conv.recent.append(message)
-        self._dirty.add(conversation_id)
+        self._changed.add(conversation_id)
         self._dirty_counters.add(conversation_id)
         # Others have one more unread; the sender has read everything up to its own
         # message. If that covers messages from others, they are told (a reply is a
@@ -875,7 +917,7 @@ class SqliteStore(Store):
                 (conversation_id, seq, user_id),
             ).fetchone()
         self._dirty_members.add((conversation_id, user_id))
-        self._dirty.add(conversation_id)
+        self._changed.add(conversation_id)
         return Committed(events=self._log_receipt(conn, conv, user_id, status, previous, seq))
 
     def _log_receipt(
@@ -1056,20 +1098,49 @@ def _load_conversation(conn: sqlite3.Connection, conversation_id: str) -> Conver
     return record
 
 
+#: A user's place in each of its conversations: a former member's entry stays
+#: where its removal put it (later activity there is not its business).
+_ACTIVITY = "COALESCE(m.left_at, c.last_activity)"
+
+
 def _list_conversations(
     conn: sqlite3.Connection, user_id: str, limit: int, before: int | None
 ) -> list[ConversationRecord]:
-    # A former member's entry stays where its removal put it: later activity
-    # in the conversation is not its business.
     rows = conn.execute(
         f"SELECT {', '.join('c.' + c for c in _CONVERSATION_COLUMNS.split(', '))},"
-        " COALESCE(m.left_at, c.last_activity) AS activity"
+        f" {_ACTIVITY} AS activity"
         " FROM members m JOIN conversations c ON c.conversation_id = m.conversation_id"
         " WHERE m.user_id = ? AND activity < ?"
         " ORDER BY activity DESC, c.conversation_id LIMIT ?",
         (user_id, before if before is not None else 2**62, limit),
     ).fetchall()
-    records = [_conversation_from_row(conn, r, recent_count=1) for r in rows]
+    return _with_members(conn, [_conversation_from_row(conn, r, recent_count=1) for r in rows])
+
+
+def _places(conn: sqlite3.Connection, user_id: str) -> dict[str, Place]:
+    """Every conversation of the user with its list order, for `ConversationLists`."""
+    rows = conn.execute(
+        f"SELECT m.conversation_id, {_ACTIVITY}, m.left_seq IS NULL"
+        " FROM members m JOIN conversations c ON c.conversation_id = m.conversation_id"
+        " WHERE m.user_id = ?",
+        (user_id,),
+    )
+    return {cid: (activity, bool(member)) for cid, activity, member in rows}
+
+
+def _listed(conn: sqlite3.Connection, conversation_ids: list[str]) -> list[ConversationRecord]:
+    """Conversations as a list shows them (with their last message only)."""
+    rows = conn.execute(
+        f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
+        f" WHERE conversation_id IN ({','.join('?' * len(conversation_ids))})",
+        conversation_ids,
+    ).fetchall()
+    return _with_members(conn, [_conversation_from_row(conn, r, recent_count=1) for r in rows])
+
+
+def _with_members(
+    conn: sqlite3.Connection, records: list[ConversationRecord]
+) -> list[ConversationRecord]:
     if records:
         _load_members(conn, records)
     return records
