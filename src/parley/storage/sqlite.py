@@ -555,10 +555,12 @@ class SqliteStore(Store):
             "INSERT INTO conversations VALUES (?, ?, ?, ?, 0, ?, ?, 0)",
             (conversation_id, kind, title, now, now, direct_key),
         )
-        members = {
-            u: MemberRecord(user_id=u, role="admin" if u == admin else "member", joined_at=now)
-            for u in member_ids
-        }
+        members = _in_join_order(
+            {
+                u: MemberRecord(user_id=u, role="admin" if u == admin else "member", joined_at=now)
+                for u in member_ids
+            }
+        )
         conn.executemany(
             "INSERT INTO members (conversation_id, user_id, role, joined_at) VALUES (?, ?, ?, ?)",
             [(conversation_id, m.user_id, m.role, now) for m in members.values()],
@@ -692,6 +694,7 @@ class SqliteStore(Store):
         )
         conv.former.pop(user_id, None)
         conv.members[user_id] = member
+        conv.members = _in_join_order(conv.members)
         return ConversationChange(
             events=self._log_conversation(conn, conv, conv.members),
             conversation=conv.snapshot(),
@@ -719,7 +722,7 @@ class SqliteStore(Store):
         )
         admins = [m for m in conv.members.values() if m.role == "admin"]
         if removed.role == "admin" and not admins and conv.members:
-            heir = min(conv.members.values(), key=lambda m: (m.joined_at, m.user_id))
+            heir = next(iter(conv.members.values()))  # the longest-standing member
             heir.role = "admin"
             conn.execute(
                 "UPDATE members SET role = 'admin' WHERE conversation_id = ? AND user_id = ?",
@@ -1036,6 +1039,17 @@ def _max_cursor(conn: sqlite3.Connection, user_id: str) -> int:
     return int(row[0] or 0)
 
 
+#: Members are listed in the order they joined; of those who joined together (at
+#: a group's creation) the admin first, then by id. Memory and disk agree on it.
+_MEMBER_ORDER = "joined_at, role <> 'admin', user_id"
+
+
+def _in_join_order(members: dict[str, MemberRecord]) -> dict[str, MemberRecord]:
+    """`members` reordered as `_MEMBER_ORDER` orders rows."""
+    ordered = sorted(members.values(), key=lambda m: (m.joined_at, m.role != "admin", m.user_id))
+    return {m.user_id: m for m in ordered}
+
+
 def _load_members(conn: sqlite3.Connection, records: list[ConversationRecord]) -> None:
     """Fill `members` (in join order) and `former` of each record."""
     by_id = {r.conversation_id: r for r in records}
@@ -1043,7 +1057,7 @@ def _load_members(conn: sqlite3.Connection, records: list[ConversationRecord]) -
     for row in conn.execute(
         "SELECT conversation_id, user_id, role, delivered_seq, read_seq, unread, joined_at,"
         f" left_seq FROM members WHERE conversation_id IN ({marks})"
-        " ORDER BY conversation_id, joined_at, user_id",
+        f" ORDER BY conversation_id, {_MEMBER_ORDER}",
         list(by_id),
     ):
         record = by_id[row[0]]
