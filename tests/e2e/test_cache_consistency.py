@@ -1,7 +1,9 @@
-"""What memory serves equals what disk holds: conversation lists, conversation
+"""What memory serves equals what disk holds. Conversation lists, conversation
 objects (members, watermarks, unread counts) and history pages read after a
 mixed workload come from the cache, and must be exactly what the same reads
-return after a kill -9 and restart, when every answer comes from SQLite."""
+return after a kill -9 and restart, when every answer comes from SQLite. And
+the events a live long-poll or WebSocket delivered (built from what was just
+published) must be exactly the events a replay reads back from the log."""
 
 from __future__ import annotations
 
@@ -12,7 +14,19 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.wire import User, call, direct, history, new_users, send_ok
+from tests.e2e.wire import (
+    User,
+    all_events,
+    call,
+    cursor_now,
+    direct,
+    history,
+    new_users,
+    poll,
+    recv_until,
+    send_ok,
+    ws_open,
+)
 from tests.harness import ServerProcess
 
 
@@ -119,3 +133,55 @@ async def test_memory_answers_equal_disk_answers(
     # and the former member still sees the group where its removal left it
     e_list = [conv["conversation_id"] for conv in from_memory[f"{e.username} list"]]
     assert g2 in e_list
+
+
+async def test_live_events_equal_replayed_events(
+    make_server: Callable[..., ServerProcess], http: aiohttp.ClientSession
+) -> None:
+    server = make_server("--send-rate-limit", "0")
+    a, b, c = await new_users(http, server.url, 3)
+    start = await cursor_now(http, b)
+    ws, _ = await ws_open(http, b.base, b.token)
+    polled: list[dict[str, Any]] = []
+    until: list[int] = []  # the cursor to stop at, once known
+
+    async def long_poll() -> None:
+        cursor = start
+        while not until or cursor < until[0]:
+            r = await poll(http, b, since=cursor, wait=1)
+            assert r.status == 200, r
+            polled.extend(r.body["events"])
+            cursor = r.body["next"]
+
+    poller = asyncio.create_task(long_poll())
+    await asyncio.sleep(0.2)  # the first poll is waiting: it is woken, not answered from disk
+    ab = (await direct(http, a, b))["conversation_id"]
+    group = await _group(http, a, [b, c])
+
+    async def chatter(cid: str, senders: list[User]) -> None:
+        for i in range(15):
+            await send_ok(http, senders[i % len(senders)], cid, f"{i}")
+
+    await asyncio.gather(chatter(ab, [a, b]), chatter(group, [a, b, c]), chatter(group, [c]))
+    await _ok(
+        call(http, "POST", f"{b.base}/v1/conversations/{group}/read", token=b.token,
+             json_body={"seq": 10}),
+        204,
+    )  # fmt: skip
+    await _ok(
+        call(http, "PATCH", f"{a.base}/v1/conversations/{group}", token=a.token,
+             json_body={"title": "later"}),
+        200, 204,
+    )  # fmt: skip
+    await send_ok(http, c, group, "last")
+    final = await cursor_now(http, b)
+    last, before = await recv_until(ws, lambda f: f.get("cursor") == final)
+    over_ws = [f for f in [*before, last] if "cursor" in f]  # presence, typing: live only
+    until.append(final)
+    await asyncio.wait_for(poller, 30)
+    await ws.close()
+
+    replayed, _ = await all_events(http, b, since=start)
+    assert replayed[-1]["cursor"] == final and len(replayed) > 40
+    assert [e for e in polled if "cursor" in e] == replayed
+    assert over_ws == replayed
