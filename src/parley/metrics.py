@@ -6,9 +6,15 @@ under 5 ms, commits around 1.4 ms (one fsync), batches up to 2,048 writes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from parley.services.push import PushStats
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0,
@@ -85,6 +91,19 @@ class Metrics:
             ("parley_cache_conversations", "Conversations held in memory", size),
         ):
             Gauge(name, doc, registry=self.registry).set_function(fn)
+
+    def track_push(self, stats: PushStats) -> None:
+        """Web Push notifications by outcome: enqueued, coalesced into one
+        already pending, sent, retried, failed, removed (subscription gone),
+        dropped (queue full)."""
+        gauge = Gauge(
+            "parley_push_notifications",
+            "Push notifications by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in dataclasses.fields(stats):
+            gauge.labels(outcome.name).set_function(partial(getattr, stats, outcome.name))
 
     def track_connections(self, count: Callable[[], int]) -> None:
         self.connections.set_function(count)

@@ -9,6 +9,7 @@ fixture fails the test if any check failed.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -201,6 +202,7 @@ async def test_burst_of_50_is_coalesced(
     sub = svc.subscription()
     await subscribe(http, b, sub)
     cid = (await direct(http, a, b))["conversation_id"]
+    before = await push_outcomes(http, push_server)
     ws_a, _ = await ws_open(http, push_server.url, a.token)
     try:
         for i in range(50):
@@ -218,6 +220,19 @@ async def test_burst_of_50_is_coalesced(
     assert len({r.headers["Topic"] for r in sub.received}) == 1
     if len(sub.received) > 1:  # rate-limited: a few seconds apart
         assert sub.received[1].at - sub.received[0].at >= 2.0
+    # /metrics tells the same story: 50 offered, all but one per push coalesced
+    after = await push_outcomes(http, push_server)
+    grew = {k: after[k] - before.get(k, 0) for k in after}
+    assert grew["enqueued"] >= 50 and grew["sent"] >= len(sub.received), grew
+    assert grew["coalesced"] >= 50 - len(sub.received), grew
+
+
+async def push_outcomes(http: aiohttp.ClientSession, server: ServerProcess) -> dict[str, float]:
+    async with http.get(server.url + "/metrics") as r:
+        text = await r.text()
+    found = re.findall(r'^parley_push_notifications\{outcome="(\w+)"\} (\S+)$', text, re.M)
+    assert found, "parley_push_notifications not in /metrics"
+    return {outcome: float(value) for outcome, value in found}
 
 
 async def test_gone_removes_the_subscription(

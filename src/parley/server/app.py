@@ -76,6 +76,7 @@ def build_app(config: ServerConfig) -> web.Application:
         preview=config.push_preview,
     )
     messaging.on_message = push.on_message
+    metrics.track_push(push.stats)
     ws = WsEndpoint(config, accounts, messaging, presence, hub, metrics)
     api = HttpApi(config, accounts, messaging, presence, hub, ws, metrics, push_routes(push))
 

@@ -427,7 +427,7 @@ class _Slot:
 
 @dataclass(slots=True)
 class PushStats:
-    """Counters for tests and logs."""
+    """What became of the notifications offered (`/metrics`: parley_push_notifications)."""
 
     enqueued: int = 0
     dropped: int = 0
