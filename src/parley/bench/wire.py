@@ -312,13 +312,6 @@ class Api:
                 return payload
         raise BenchError(f"{method} {path}: still rate limited after a minute")
 
-    async def healthy(self) -> bool:
-        try:
-            async with self.session.get(self.base_url + "/healthz") as r:
-                return r.status == 200
-        except aiohttp.ClientError:
-            return False
-
     async def new_user(self, username: str, password: str) -> User:
         await self.call("POST", "/v1/accounts", {"username": username, "password": password})
         return await self.login(username, password)
