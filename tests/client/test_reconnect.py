@@ -90,10 +90,14 @@ async def test_unacked_send_is_resent_with_same_client_msg_id(
 
         server.kill()
         await la.wait_until(lambda log: log.count(Disconnected) >= 1)
+        reconnected = asyncio.ensure_future(alice.wait_connected())
         pending = alice.send(conv, "queued while down", client_msg_id="resend-1")
         # Asking again with the same id while pending is the same send.
         assert alice.send(conv, "queued while down", client_msg_id="resend-1") is pending
+        await asyncio.sleep(0.2)
+        assert not reconnected.done()  # down: waits for the socket to come back
         await asyncio.to_thread(server.start)
+        await asyncio.wait_for(reconnected, 30)
 
         ack = await asyncio.wait_for(pending, 30)
         assert (ack.seq, ack.client_msg_id) == (2, "resend-1")
