@@ -16,36 +16,23 @@ import aiohttp
 
 from tests.e2e.wire import (
     User,
+    add,
     all_events,
     call,
+    create_group,
     cursor_now,
     direct,
     history,
     new_users,
     poll,
+    read_up_to,
     recv_until,
+    remove,
+    rename,
     send_ok,
     ws_open,
 )
 from tests.harness import ServerProcess
-
-
-async def _group(http: aiohttp.ClientSession, admin: User, members: list[User]) -> str:
-    r = await call(
-        http,
-        "POST",
-        admin.base + "/v1/conversations",
-        token=admin.token,
-        json_body={"type": "group", "title": "g", "member_ids": [m.user_id for m in members]},
-    )
-    assert r.status == 201, r
-    return str(r.body["conversation_id"])
-
-
-async def _ok(reply_coro: Any, *statuses: int) -> Any:
-    r = await reply_coro
-    assert r.status in statuses, r
-    return r
 
 
 async def _everything(
@@ -55,7 +42,8 @@ async def _everything(
     can see, and that conversation's newest history page."""
     seen: dict[str, Any] = {}
     for u in users:
-        r = await _ok(call(http, "GET", f"{u.base}/v1/conversations", token=u.token), 200)
+        r = await call(http, "GET", f"{u.base}/v1/conversations", token=u.token)
+        assert r.status == 200, r
         seen[f"{u.username} list"] = r.body["conversations"]
         for cid in cids:
             r = await call(http, "GET", f"{u.base}/v1/conversations/{cid}", token=u.token)
@@ -72,8 +60,8 @@ async def test_memory_answers_equal_disk_answers(
     users = await new_users(http, server.url, 5)
     a, b, c, d, e = users
     directs = [(await direct(http, x, y))["conversation_id"] for x, y in ((a, b), (a, c), (d, e))]
-    g1 = await _group(http, a, [b, c, d])
-    g2 = await _group(http, c, [a, e])
+    g1 = (await create_group(http, a, [b, c, d]))["conversation_id"]
+    g2 = (await create_group(http, c, [a, e]))["conversation_id"]
     cids = [*directs, g1, g2]
     members = {
         directs[0]: [a, b],
@@ -95,32 +83,14 @@ async def test_memory_answers_equal_disk_answers(
     await asyncio.gather(*(chatter(cid) for cid in cids))
     # watermarks, a removal, a departure, a rejoin and a rename, amid more chat
     reader = members[g1][1]
-    await _ok(
-        call(http, "POST", f"{reader.base}/v1/conversations/{g1}/read", token=reader.token,
-             json_body={"seq": 5}),
-        204,
-    )  # fmt: skip
-    await _ok(
-        call(http, "DELETE", f"{a.base}/v1/conversations/{g1}/members/{d.user_id}", token=a.token),
-        204,
-    )
-    await _ok(
-        call(http, "DELETE", f"{e.base}/v1/conversations/{g2}/members/{e.user_id}", token=e.token),
-        204,
-    )
+    assert (await read_up_to(http, reader, g1, 5)).status == 204
+    assert (await remove(http, a, g1, d.user_id)).status == 204
+    assert (await remove(http, e, g2, e.user_id)).status == 204  # e leaves
     members[g1].remove(d)
     members[g2].remove(e)
     await asyncio.gather(chatter(g1), chatter(g2), chatter(directs[0]))
-    await _ok(
-        call(http, "POST", f"{a.base}/v1/conversations/{g1}/members", token=a.token,
-             json_body={"user_id": d.user_id}),
-        204,
-    )  # fmt: skip
-    await _ok(
-        call(http, "PATCH", f"{c.base}/v1/conversations/{g2}", token=c.token,
-             json_body={"title": "renamed"}),
-        200, 204,
-    )  # fmt: skip
+    assert (await add(http, a, g1, d.user_id)).status == 204
+    assert (await rename(http, c, g2, "renamed")).status == 200
     await send_ok(http, b, g1, "after the rejoin")
 
     from_memory = await _everything(http, users, cids)
@@ -156,23 +126,15 @@ async def test_live_events_equal_replayed_events(
     poller = asyncio.create_task(long_poll())
     await asyncio.sleep(0.2)  # the first poll is waiting: it is woken, not answered from disk
     ab = (await direct(http, a, b))["conversation_id"]
-    group = await _group(http, a, [b, c])
+    group = (await create_group(http, a, [b, c]))["conversation_id"]
 
     async def chatter(cid: str, senders: list[User]) -> None:
         for i in range(15):
             await send_ok(http, senders[i % len(senders)], cid, f"{i}")
 
     await asyncio.gather(chatter(ab, [a, b]), chatter(group, [a, b, c]), chatter(group, [c]))
-    await _ok(
-        call(http, "POST", f"{b.base}/v1/conversations/{group}/read", token=b.token,
-             json_body={"seq": 10}),
-        204,
-    )  # fmt: skip
-    await _ok(
-        call(http, "PATCH", f"{a.base}/v1/conversations/{group}", token=a.token,
-             json_body={"title": "later"}),
-        200, 204,
-    )  # fmt: skip
+    assert (await read_up_to(http, b, group, 10)).status == 204
+    assert (await rename(http, a, group, "later")).status == 200
     await send_ok(http, c, group, "last")
     final = await cursor_now(http, b)
     last, before = await recv_until(ws, lambda f: f.get("cursor") == final)

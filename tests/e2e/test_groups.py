@@ -10,15 +10,18 @@ import pytest
 
 from tests.e2e.wire import (
     User,
+    add,
     all_events,
     another_device,
     assert_err,
     call,
+    create_group,
     direct,
     history,
     new_users,
     recv_n,
     recv_until,
+    remove,
     send_http,
     send_ok,
     ws_open,
@@ -26,38 +29,8 @@ from tests.e2e.wire import (
 from tests.harness import ServerProcess
 
 
-async def create_group(
-    http: aiohttp.ClientSession, admin: User, members: list[User], title: str = "team"
-) -> dict[str, Any]:
-    r = await call(
-        http,
-        "POST",
-        admin.base + "/v1/conversations",
-        token=admin.token,
-        json_body={"type": "group", "title": title, "member_ids": [m.user_id for m in members]},
-    )
-    assert r.status == 201, r
-    return dict(r.body)
-
-
 async def get_conv(http: aiohttp.ClientSession, user: User, cid: str) -> Any:
     return await call(http, "GET", f"{user.base}/v1/conversations/{cid}", token=user.token)
-
-
-async def add(http: aiohttp.ClientSession, actor: User, cid: str, user_id: str) -> Any:
-    return await call(
-        http,
-        "POST",
-        f"{actor.base}/v1/conversations/{cid}/members",
-        token=actor.token,
-        json_body={"user_id": user_id},
-    )
-
-
-async def remove(http: aiohttp.ClientSession, actor: User, cid: str, user_id: str) -> Any:
-    return await call(
-        http, "DELETE", f"{actor.base}/v1/conversations/{cid}/members/{user_id}", token=actor.token
-    )
 
 
 async def test_create_group_and_everyone_is_told(

@@ -199,6 +199,56 @@ async def direct(http: aiohttp.ClientSession, a: User, b: User) -> dict[str, Any
     return dict(r.body)
 
 
+async def create_group(
+    http: aiohttp.ClientSession, admin: User, members: list[User], title: str = "team"
+) -> dict[str, Any]:
+    r = await call(
+        http,
+        "POST",
+        admin.base + "/v1/conversations",
+        token=admin.token,
+        json_body={"type": "group", "title": title, "member_ids": [m.user_id for m in members]},
+    )
+    assert r.status == 201, r
+    return dict(r.body)
+
+
+async def add(http: aiohttp.ClientSession, actor: User, cid: str, user_id: str) -> Reply:
+    return await call(
+        http,
+        "POST",
+        f"{actor.base}/v1/conversations/{cid}/members",
+        token=actor.token,
+        json_body={"user_id": user_id},
+    )
+
+
+async def remove(http: aiohttp.ClientSession, actor: User, cid: str, user_id: str) -> Reply:
+    return await call(
+        http, "DELETE", f"{actor.base}/v1/conversations/{cid}/members/{user_id}", token=actor.token
+    )
+
+
+async def rename(http: aiohttp.ClientSession, actor: User, cid: str, title: str) -> Reply:
+    return await call(
+        http,
+        "PATCH",
+        f"{actor.base}/v1/conversations/{cid}",
+        token=actor.token,
+        json_body={"title": title},
+    )
+
+
+async def read_up_to(http: aiohttp.ClientSession, user: User, cid: str, seq: int) -> Reply:
+    return await call(
+        http,
+        "POST",
+        f"{user.base}/v1/conversations/{cid}/read",
+        token=user.token,
+        json_body={"seq": seq},
+    )
+
+
 async def send_http(
     http: aiohttp.ClientSession,
     user: User,
