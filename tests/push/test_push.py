@@ -21,6 +21,7 @@ from tests.e2e.wire import (
     User,
     assert_err,
     call,
+    create_group,
     direct,
     is_msg_event,
     new_user,
@@ -42,20 +43,6 @@ async def subscribe(http: aiohttp.ClientSession, user: User, sub: Subscription) 
         http, "POST", user.base + "/v1/push/subscriptions", token=user.token, json_body=sub.json()
     )
     assert r.status == 201, r
-
-
-async def group(
-    http: aiohttp.ClientSession, owner: User, members: list[User], title: str
-) -> dict[str, Any]:
-    r = await call(
-        http,
-        "POST",
-        owner.base + "/v1/conversations",
-        token=owner.token,
-        json_body={"type": "group", "title": title, "member_ids": [m.user_id for m in members]},
-    )
-    assert r.status == 201, r
-    return dict(r.body)
 
 
 # --- the API ------------------------------------------------------------------------------------
@@ -165,7 +152,7 @@ async def test_online_user_gets_no_push(
     sub_b, sub_c = svc.subscription(), svc.subscription()
     await subscribe(http, b, sub_b)
     await subscribe(http, c, sub_c)
-    conv = await group(http, a, [b, c], "Team")
+    conv = await create_group(http, a, [b, c], "Team")
     cid = conv["conversation_id"]
     ws_b, _ = await ws_open(http, push_server.url, b.token)
     try:
@@ -243,14 +230,14 @@ async def test_gone_removes_the_subscription(
     gone, alive = svc.subscription("gone"), svc.subscription()
     await subscribe(http, b, gone)
     await subscribe(http, b, alive)
-    first = await group(http, a, [b], "first")
+    first = await create_group(http, a, [b], "first")
     await send_ok(http, a, first["conversation_id"], "one")
     await svc.wait_for(lambda: len(gone.received) == 1 and len(alive.received) == 1)
     # The 410 is acted on asynchronously; once a send reaches `alive` alone, `gone`
     # has been dropped, and later sends never reach it again.
     quiet_rounds = 0
     for i in range(10):
-        conv = await group(http, a, [b], f"round {i}")
+        conv = await create_group(http, a, [b], f"round {i}")
         n = len(alive.received)
         await send_ok(http, a, conv["conversation_id"], f"round {i}")
         await svc.wait_for(lambda n=n: len(alive.received) == n + 1)  # type: ignore[misc]
@@ -354,7 +341,7 @@ async def test_hanging_or_failing_push_service_does_not_slow_delivery(
                         hung.append(sub)
                     await subscribe(http, user, sub)
             convs = [
-                (await group(http, a, [b, *away], f"{phase} {g}"))["conversation_id"]
+                (await create_group(http, a, [b, *away], f"{phase} {g}"))["conversation_id"]
                 for g in range(groups)
             ]
             await _measure(http, ws_a, ws_b, convs, 10)  # warm up
