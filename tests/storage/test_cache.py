@@ -155,3 +155,19 @@ def test_lists_are_bounded() -> None:
         lists.begin_load(user)
         lists.end_load(user, {})
     assert lists.page("a", 1, None) is None and lists.page("c", 1, None) == []
+
+
+def test_a_snapshot_is_an_equal_copy_that_later_writes_do_not_touch() -> None:
+    _, record = _db_and_record()
+    record.members = {"u": MemberRecord("u", "admin", 3, 2, 1, 7)}
+    record.former = {"v": 5}
+    record.title, record.version = "t", 4
+    record.last_message = record.recent[-1]
+    snapshot = record.snapshot()
+    assert snapshot == record  # every field, so a new field cannot be left out
+    record.members["u"].unread += 1
+    record.members["w"] = MemberRecord("w", "member")
+    record.former["x"] = 1
+    record.recent.append(record.recent[0])
+    assert snapshot.members == {"u": MemberRecord("u", "admin", 3, 2, 1, 7)}
+    assert snapshot.former == {"v": 5} and snapshot.recent[-1].seq == LAST

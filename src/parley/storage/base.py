@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 from parley.protocol.models import Conversation, LoggedEvent, Member, Message
@@ -68,6 +68,16 @@ class MemberRecord:
     unread: int = 0
     joined_at: int = 0
 
+    def copy(self) -> MemberRecord:
+        return MemberRecord(
+            self.user_id,
+            self.role,
+            self.delivered_seq,
+            self.read_seq,
+            self.unread,
+            self.joined_at,
+        )
+
 
 @dataclass(slots=True)
 class ConversationRecord:
@@ -89,12 +99,23 @@ class ConversationRecord:
     recent: deque[Message] = field(default_factory=lambda: deque(maxlen=RECENT_MESSAGES))
 
     def snapshot(self) -> ConversationRecord:
-        """A copy the caller may keep while the writer goes on changing the original."""
-        return replace(
-            self,
-            members={u: replace(m) for u, m in self.members.items()},
-            former=dict(self.former),
-            recent=self.recent.copy(),
+        """A copy the caller may keep while the writer goes on changing the original.
+
+        Positional constructors, not `dataclasses.replace`: the writer takes one
+        of these per changed conversation per batch, and `replace` cost a third
+        of the writer's time per message."""
+        return ConversationRecord(
+            self.conversation_id,
+            self.type,
+            self.title,
+            self.created_at,
+            self.last_seq,
+            self.last_activity,
+            {u: m.copy() for u, m in self.members.items()},
+            dict(self.former),
+            self.last_message,
+            self.version,
+            self.recent.copy(),
         )
 
     def visible_seq(self, user_id: str) -> int | None:
