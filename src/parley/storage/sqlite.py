@@ -222,6 +222,7 @@ class SqliteStore(Store):
         #: Rows whose in-memory state is ahead of disk until `_flush_state`.
         self._dirty_members: set[tuple[str, str]] = set()
         self._dirty_counters: set[str] = set()
+        self._new_events: list[tuple[str, int, str, str, int, bytes | None]] = []
         # Read on the loop only; filled in commit order from writer snapshots.
         self.cache = ConversationCache()
         self.lists = ConversationLists()
@@ -422,11 +423,17 @@ class SqliteStore(Store):
         return True, result
 
     def _flush_state(self, conn: sqlite3.Connection) -> None:
-        """Write the counters and watermarks the batch moved, once per row.
+        """Write the batch's log entries, counters and watermarks.
 
         Writes change conversation and member rows in memory only; a hundred
         messages into one conversation then cost one row update, not a hundred.
+        Log entries go in with one statement per batch, in key order, rather
+        than one per write: a message logs two and its receipt two more.
         """
+        if self._new_events:
+            self._new_events.sort()
+            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", self._new_events)
+            self._new_events.clear()
         if self._dirty_members:
             rows = [
                 (m.role, m.delivered_seq, m.read_seq, m.unread, cid, uid)
@@ -458,6 +465,7 @@ class SqliteStore(Store):
         self._cursors.clear()
         self._dirty_members.clear()
         self._dirty_counters.clear()
+        self._new_events.clear()
 
     # writer-side state ---------------------------------------------------------
     def _conv(self, conn: sqlite3.Connection, conversation_id: str) -> ConversationRecord | None:
@@ -474,17 +482,18 @@ class SqliteStore(Store):
         seq: int,
         payload: bytes | None,
     ) -> list[tuple[str, int]]:
-        """Append one entry to each user's log; returns (user, cursor) pairs."""
-        rows = []
+        """Append one entry to each user's log (written by `_flush_state`);
+        returns (user, cursor) pairs."""
+        logged = []
         for user_id in user_ids:
             cursor = self._cursors.get(user_id)
             if cursor is None:
                 cursor = _max_cursor(conn, user_id)
             cursor += 1
             self._cursors[user_id] = cursor
-            rows.append((user_id, cursor, kind, conversation_id, seq, payload))
-        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
-        return [(r[0], r[1]) for r in rows]
+            self._new_events.append((user_id, cursor, kind, conversation_id, seq, payload))
+            logged.append((user_id, cursor))
+        return logged
 
     # accounts -------------------------------------------------------------------
     async def create_user(self, user: UserRecord) -> None:
