@@ -1,31 +1,21 @@
 """SQLite storage: the embedded default.
 
 One writer thread owns every write. It takes whatever has queued up since its
-last batch and runs it in SQLite, then makes the batch durable with one record
-in the redo log (storage/redo.py: one write, one fdatasync) before anyone
-learns of it (group commit). SQLite itself commits the batches that have
-accumulated every `APPLY_EVERY` seconds, when the writer goes idle, or when a
-reader needs them, without waiting for the disk: a hot page then goes to
-SQLite's WAL once per interval instead of once per batch, and a syncer thread
-makes that commit durable (and checkpoints) off the writer's path, after which
-the redo log's records up to it may be overwritten. After a crash the logged
-batches SQLite lacks are run again, in order. Sequence numbers and cursors are
-assigned by the writer from counters it alone owns; a failed write discards the
-counters and reloads them from the database, so a retry assigns the same
-numbers and no gap appears.
+last commit and commits it as one transaction (group commit), so a commit's
+fsync (about 1.4 ms here with synchronous=FULL) is paid once per batch, not
+once per message. Sequence numbers and cursors are assigned by that thread from
+counters it alone owns, inside the transaction that stores them; a failed
+commit discards the counters and reloads them from the database, so a retry
+assigns the same numbers and no gap appears.
 
 Reads run on a small pool of reader threads, each with its own connection;
-WAL lets them read committed data while the writer works. A read first waits
-until SQLite holds every batch acknowledged so far, so it sees every write
-whose acknowledgement came before it.
+WAL lets them read committed data while the writer works.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import pickle
 import queue
 import sqlite3
 import threading
@@ -69,7 +59,6 @@ from parley.storage.base import (
     UserRecord,
 )
 from parley.storage.cache import ConversationCache, ConversationLists, Place
-from parley.storage.redo import RedoLog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -158,11 +147,6 @@ CREATE TABLE IF NOT EXISTS events (
     payload BLOB,
     PRIMARY KEY (user_id, cursor)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS redo_applied (
-    id INTEGER PRIMARY KEY CHECK (id = 0),
-    batch INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO redo_applied VALUES (0, 0);
 """
 
 #: Largest batch one commit takes: bounds the time a batch holds the writer
@@ -171,18 +155,12 @@ MAX_BATCH = 2048
 #: Writes waiting beyond this are refused with 503 instead of growing memory
 #: without bound while storage is failing.
 MAX_QUEUED = 200_000
-#: Backoff between retries of a failed write: 10 ms doubling to 2 s.
+#: Backoff between retries of a failed commit: 10 ms doubling to 2 s.
 RETRY_FIRST, RETRY_MAX = 0.01, 2.0
-#: SQLite commits the durable batches at least this often under load...
-APPLY_EVERY = 0.1
-#: ...and once the writer has had nothing to do for this long.
-APPLY_WHEN_IDLE = 0.01
-#: Or after this many writes, which bounds the writes kept in memory for a rerun.
-APPLY_AFTER_WRITES = 50_000
 READER_THREADS = 4
 PAGE_SIZE = 1024
-#: Seconds between checkpoints (run by the syncer, never inside a commit).
-CHECKPOINT_EVERY = 1.0
+#: WAL pages between automatic checkpoints (16 MiB of WAL at 1 KiB pages).
+CHECKPOINT_PAGES = 16_384
 
 _MESSAGE_COLUMNS = "conversation_id, seq, message_id, sender_id, client_msg_id, body, sent_at"
 _small_json = msgspec.json.Encoder()
@@ -223,45 +201,22 @@ class _Op:
         self.fn, self.args, self.future = fn, args, future
 
 
-class _ApplyRequest:
-    """Queued by a reader that needs SQLite to hold every acknowledged batch."""
-
-
-_APPLY_NOW = _ApplyRequest()
-#: A logged write: the writer function's name and its arguments.
-_Logged = tuple[str, tuple[Any, ...]]
-
-
 class SqliteStore(Store):
     def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
         """`busy_timeout_ms`: how long one attempt waits for a lock held by
         another process (a backup, an operator's shell) before it counts as failed."""
         self.path = path
         self._busy_timeout_ms = busy_timeout_ms
-        self._queue: queue.SimpleQueue[_Op | _ApplyRequest | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._queued = 0
         self._writer: threading.Thread | None = None
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="sqlite-read")
         self._local = threading.local()
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Owned by the writer thread alone; reloaded from disk after a failed write.
+        # Owned by the writer thread alone; reloaded from disk after a failed commit.
         self._wconn: sqlite3.Connection | None = None
-        self._redo = RedoLog(path.with_name(path.name + "-redo"))
-        #: Batches SQLite has committed, for the syncer to make durable.
-        self._to_sync: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-        self._syncer: threading.Thread | None = None
-        #: Set by the syncer: SQLite holds every batch up to this one durably.
-        self._synced = 0
-        #: The last `_synced` the writer passed on to the redo log.
-        self._held = 0
         self._convs: dict[str, ConversationRecord | None] = {}
         self._cursors: dict[str, int] = {}
-        #: The last batch made durable (in the redo log).
-        self._batch = 0
-        #: Durable writes SQLite has not committed yet, to run again if it loses them.
-        self._unapplied: list[_Logged] = []
-        #: When SQLite's open transaction began (monotonic seconds).
-        self._txn_began = 0.0
         #: Conversations changed by the batch being written; snapshotted at commit.
         self._changed: set[str] = set()
         #: Rows whose in-memory state is ahead of disk until `_flush_state`.
@@ -271,12 +226,7 @@ class SqliteStore(Store):
         # Read on the loop only; filled in commit order from writer snapshots.
         self.cache = ConversationCache()
         self.lists = ConversationLists()
-        #: The last batch acknowledged, and the last one SQLite holds (loop side).
-        self._acked = 0
-        self._applied = 0
-        self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._apply_requested = False
-        #: Called on the writer thread with (batch size, seconds until durable); for metrics.
+        #: Called on the writer thread with (batch size, commit seconds); for metrics.
         self.on_commit: Callable[[int, float], None] | None = None
         #: Called on the loop with the seconds from commit to completing the
         #: batch's futures (the event-log lag); for metrics.
@@ -290,53 +240,27 @@ class SqliteStore(Store):
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._loop = asyncio.get_running_loop()
-        if not self.path.exists():
-            self._redo.discard()  # left by a deleted database: not ours to redo
         conn = _connect(self.path, readonly=False, busy_timeout_ms=self._busy_timeout_ms)
         # Small pages: a commit logs every page it touched in full, and a batch of
         # chat traffic touches a few rows on each of many pages (one per
         # conversation and per user log). Only takes effect on a new database.
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        # The redo log makes batches durable; SQLite's commits need not wait for
-        # the disk, and the syncer makes them durable and checkpoints.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA wal_autocheckpoint=0")
+        # Checkpoint less often: the same hot pages are copied back once per
+        # checkpoint however often they changed in between.
+        conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
         conn.executescript(SCHEMA)
         self._wconn = conn
-        self._syncer = threading.Thread(target=self._sync_loop, name="sqlite-syncer", daemon=True)
-        self._syncer.start()
-        await self._loop.run_in_executor(None, self._recover)
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
-
-    def _recover(self) -> None:
-        """Run again the durable batches a crash kept from SQLite, then commit them."""
-        conn = self._wconn
-        assert conn is not None
-        (applied,) = conn.execute("SELECT batch FROM redo_applied").fetchone()
-        records = self._redo.open(applied)
-        self._batch = self._applied = self._acked = self._synced = self._held = applied
-        if records:
-            for batch, payload in records:
-                self._unapplied += pickle.loads(payload)
-                self._batch = batch
-            self._apply()  # runs them (see `_begin`) and commits
-        self._forget_state()
-        self._changed.clear()
 
     async def close(self) -> None:
         if self._writer is not None:
             self._queue.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
             self._writer = None
-        if self._syncer is not None:
-            self._to_sync.put(None)
-            await asyncio.get_running_loop().run_in_executor(None, self._syncer.join)
-            self._syncer = None
         self._readers.shutdown(wait=True)
         if self._wconn is not None:
             self._wconn.close()
-        self._redo.close()
 
     # plumbing ----------------------------------------------------------------
     def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -349,9 +273,6 @@ class SqliteStore(Store):
         return future
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._applied < self._acked:
-            await self._until_applied(self._acked)
-
         def run() -> T:
             conn = getattr(self._local, "conn", None)
             if conn is None:
@@ -362,78 +283,26 @@ class SqliteStore(Store):
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, run)
 
-    async def _until_applied(self, batch: int) -> None:
-        """Wait until SQLite holds `batch`, asking the writer to commit now."""
-        assert self._loop is not None
-        waiter = self._loop.create_future()
-        self._apply_waiters.append((batch, waiter))
-        if not self._apply_requested:
-            self._apply_requested = True
-            self._queue.put(_APPLY_NOW)
-        await waiter
-
-    def _note_applied(self, batch: int) -> None:
-        """On the loop: SQLite holds every batch up to `batch`."""
-        self._applied = max(self._applied, batch)
-        self._apply_requested = False
-        waiting = []
-        for wanted, waiter in self._apply_waiters:
-            if wanted > self._applied:
-                waiting.append((wanted, waiter))
-            elif not waiter.done():
-                waiter.set_result(None)
-        self._apply_waiters = waiting
-        if waiting:
-            self._apply_requested = True
-            self._queue.put(_APPLY_NOW)
-
     def _write_loop(self) -> None:
-        conn = self._wconn
-        assert conn is not None
         stopping = False
         while not stopping:
-            try:
-                first = self._queue.get(timeout=self._until_apply_due(conn))
-            except queue.Empty:
-                self._apply()
-                continue
-            batch: list[_Op] = []
-            apply_now = False
-            item: _Op | _ApplyRequest | None = first
-            while True:
-                if item is None:
-                    stopping = True
-                    break
-                if isinstance(item, _ApplyRequest):
-                    apply_now = True
-                else:
-                    batch.append(item)
-                if len(batch) >= MAX_BATCH:
-                    break
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
                 try:
-                    item = self._queue.get_nowait()
+                    nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if batch:
-                self._commit(batch)
-            if apply_now or stopping or self._apply_due():
-                self._apply()
-
-    def _until_apply_due(self, conn: sqlite3.Connection) -> float | None:
-        """How long the writer may wait for work before SQLite should commit."""
-        if not conn.in_transaction:
-            return None
-        left = self._txn_began + APPLY_EVERY - time.monotonic()
-        return max(0.0, min(left, APPLY_WHEN_IDLE))
-
-    def _apply_due(self) -> bool:
-        return (
-            time.monotonic() - self._txn_began >= APPLY_EVERY
-            or len(self._unapplied) >= APPLY_AFTER_WRITES
-        )
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            self._commit(batch)
 
     def _commit(self, batch: list[_Op]) -> None:
-        """Run a batch and make it durable; retry until both are done.
+        """Run a batch in one transaction; retry the whole batch until it commits.
 
         Write functions check everything before their first write and raise a
         `ParleyError` only then, so a refused write needs no savepoint. A
@@ -443,152 +312,38 @@ class SqliteStore(Store):
         conn = self._wconn
         assert conn is not None
         self._coalesce_watermarks(batch)
-        started = time.perf_counter()
         attempt = 0
         isolate = False
         while True:
+            started = time.perf_counter()
+            results: list[tuple[bool, Any]] = []
             try:
-                self._begin(conn)
-                results = [self._run(conn, op.fn, op.args, isolate) for op in batch]
+                conn.execute("BEGIN IMMEDIATE")
+                for op in batch:
+                    results.append(self._run(conn, op, isolate))
                 self._flush_state(conn)
+                conn.execute("COMMIT")
                 break
             except sqlite3.IntegrityError:
                 if isolate:
                     raise  # _run catches these in isolation: cannot happen
                 log.warning("a write broke a constraint; rerunning the batch write by write")
-                self._roll_back(conn)
+                conn.execute("ROLLBACK")
+                self._forget_state()
                 isolate = True
             except sqlite3.Error:
                 attempt += 1
-                log.exception("a batch failed (attempt %d); retrying", attempt)
-                self._roll_back(conn)
+                log.exception("commit failed (attempt %d); retrying", attempt)
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._forget_state()
                 time.sleep(min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1)))
-        writes: list[_Logged] = [(op.fn.__name__, op.args) for op in batch]
-        self._make_durable(pickle.dumps(writes, protocol=pickle.HIGHEST_PROTOCOL))
-        self._unapplied += writes
         committed = time.perf_counter()
         if self.on_commit is not None:
             self.on_commit(len(batch), committed - started)
         snapshots = self._snapshot_changed()
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(
-            self._resolve, batch, results, snapshots, committed, self._batch
-        )
-
-    def _make_durable(self, payload: bytes) -> None:
-        if self._synced > self._held:
-            self._held = self._synced
-            self._redo.held_up_to(self._held)
-        attempt = 0
-        while True:
-            try:
-                self._redo.append(self._batch + 1, payload)
-                break
-            except OSError:
-                attempt += 1
-                log.exception("the redo log write failed (attempt %d); retrying", attempt)
-                time.sleep(min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1)))
-        self._batch += 1
-
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        """Open SQLite's transaction if none is open. If a failure rolled back
-        durable batches SQLite had not committed, run them again first."""
-        if conn.in_transaction:
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        self._txn_began = time.monotonic()
-        if self._unapplied:
-            log.warning(
-                "running again %d durable writes SQLite does not hold", len(self._unapplied)
-            )
-            self._forget_state()
-            self._redo_writes(conn, self._unapplied)
-
-    def _roll_back(self, conn: sqlite3.Connection) -> None:
-        """Roll back SQLite's transaction; `_begin` then runs the durable
-        batches it held again. (Not a savepoint per batch: inside one, SQLite
-        copies every page a batch touches to a sub-journal first, which tripled
-        the cost of the statements.)"""
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        self._forget_state()
-
-    def _redo_writes(self, conn: sqlite3.Connection, writes: list[_Logged]) -> None:
-        """Run logged writes again, each alone; results are already known."""
-        for name, args in writes:
-            self._run(conn, self._writer_function(name), args, isolate=True)
-
-    def _writer_function(self, name: str) -> Callable[..., Any]:
-        if name.startswith("_w_"):
-            return cast(Callable[..., Any], getattr(self, name))
-        return _MODULE_WRITES[name]
-
-    def _apply(self) -> None:
-        """Commit SQLite's transaction, so that it holds (and readers see) every
-        durable batch; the syncer then makes the commit durable. Retried until
-        it succeeds; the writer takes no new batch meanwhile."""
-        conn = self._wconn
-        assert conn is not None
-        attempt = 0
-        while conn.in_transaction or self._unapplied:
-            try:
-                self._begin(conn)
-                conn.execute("UPDATE redo_applied SET batch = ?", (self._batch,))
-                conn.execute("COMMIT")
-            except sqlite3.Error:
-                attempt += 1
-                log.exception("SQLite commit failed (attempt %d); retrying", attempt)
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._forget_state()
-                time.sleep(min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1)))
-                continue
-            self._unapplied.clear()
-            self._to_sync.put(self._batch)
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._note_applied, self._batch)
-
-    def _sync_loop(self) -> None:
-        """Make SQLite's commits durable (fsync of its WAL) and checkpoint, off
-        the writer's path; then the redo log may overwrite what they cover."""
-        conn = _connect(self.path, readonly=False, busy_timeout_ms=self._busy_timeout_ms)
-        wal = -1
-        last_checkpoint = time.monotonic()
-        stopping = False
-        while not stopping:
-            batch: int | None = None
-            for item in self._drain(self._to_sync):
-                if item is None:
-                    stopping = True
-                else:
-                    batch = item
-            if batch is None:
-                continue
-            try:
-                if wal < 0:
-                    wal = os.open(f"{self.path}-wal", os.O_RDONLY)
-                os.fsync(wal)
-            except OSError:
-                log.exception("syncing SQLite's WAL failed; the redo log keeps the batches")
-                continue
-            self._synced = batch
-            if time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY:
-                last_checkpoint = time.monotonic()
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    log.exception("checkpoint failed; the next one will try again")
-        if wal >= 0:
-            os.close(wal)
-        conn.close()
-
-    @staticmethod
-    def _drain(q: queue.SimpleQueue[int | None]) -> list[int | None]:
-        """Wait for one item, then take every other one already queued."""
-        items = [q.get()]
-        while not q.empty():
-            items.append(q.get())
-        return items
+        self._loop.call_soon_threadsafe(self._resolve, batch, results, snapshots, committed)
 
     def _snapshot_changed(self) -> list[tuple[str, ConversationRecord | None]]:
         """Copies of the conversations the committed batch changed, for the cache.
@@ -607,12 +362,10 @@ class SqliteStore(Store):
         results: list[tuple[bool, Any]],
         snapshots: list[tuple[str, ConversationRecord | None]],
         committed: float,
-        durable_batch: int,
     ) -> None:
         """On the loop, in commit order: refresh the cache, then complete the
         futures (their callbacks run in that order), so that whoever learns of a
         write reads it back."""
-        self._acked = durable_batch
         if self.on_handoff is not None:
             self.on_handoff(time.perf_counter() - committed)
         for cid, record in snapshots:
@@ -646,17 +399,15 @@ class SqliteStore(Store):
                 earlier.fn = _covered_by_a_later_move
             last[key] = op
 
-    def _run(
-        self, conn: sqlite3.Connection, fn: Callable[..., Any], args: tuple[Any, ...], isolate: bool
-    ) -> tuple[bool, Any]:
+    def _run(self, conn: sqlite3.Connection, op: _Op, isolate: bool) -> tuple[bool, Any]:
         if not isolate:
             try:
-                return True, fn(conn, *args)
+                return True, op.fn(conn, *op.args)
             except ParleyError as exc:
                 return False, exc
         conn.execute("SAVEPOINT op")
         try:
-            result = fn(conn, *args)
+            result = op.fn(conn, *op.args)
             self._flush_state(conn)
         except ParleyError as exc:
             conn.execute("ROLLBACK TO op")
@@ -1592,19 +1343,3 @@ def _select_push(conn: sqlite3.Connection, user_ids: list[str]) -> list[PushSubs
         user_ids,
     ).fetchall()
     return [PushSubscriptionRecord(*r) for r in rows]
-
-
-#: The writes that are module functions, by the name the redo log records.
-_MODULE_WRITES: dict[str, Callable[..., Any]] = {
-    fn.__name__: fn
-    for fn in (
-        _covered_by_a_later_move,
-        _insert_session,
-        _delete_session,
-        _insert_contact,
-        _delete_contact,
-        _upsert_last_seen,
-        _upsert_push,
-        _delete_push,
-    )
-}
