@@ -160,6 +160,10 @@ def test_keyboard_alone_signs_in_starts_a_chat_and_sends(
     page.keyboard.press("Enter")
     logout = page.get_by_role("button", name="Log out")
     expect(logout).to_be_visible()
+    # The app has loaded this account (its empty list says so) before we go on,
+    # as a person would see before acting: each step then starts from a settled app.
+    loaded = page.get_by_text("No conversations yet")
+    expect(loaded).to_be_visible()
     logout.focus()
     page.keyboard.press("Enter")
     expect(page.get_by_label("Username")).to_be_focused()
@@ -169,6 +173,7 @@ def test_keyboard_alone_signs_in_starts_a_chat_and_sends(
     page.keyboard.press("Enter")  # Enter in the form logs in
     new_chat = page.get_by_role("button", name="New chat")
     expect(new_chat).to_be_visible()
+    expect(loaded).to_be_visible()
 
     # Tab from the page start reaches "New chat"; its dialog opens with the field focused.
     for _ in range(10):
@@ -186,9 +191,17 @@ def test_keyboard_alone_signs_in_starts_a_chat_and_sends(
     page.keyboard.press("Shift+Enter")
     page.keyboard.type("second line")
     page.keyboard.press("Enter")
-    expect(bubbles(client).locator(".msg-text")).to_have_text(
-        ["sent with the keyboard\nsecond line"]
-    )
+    try:
+        expect(bubbles(client).locator(".msg-text")).to_have_text(
+            ["sent with the keyboard\nsecond line"]
+        )
+    except AssertionError as exc:  # say what the page was doing, for a rare failure
+        state = page.evaluate(
+            "() => ({composer: document.querySelector('.composer-input')?.value,"
+            " focused: document.activeElement?.outerHTML.slice(0, 120),"
+            " hash: location.hash, banner: document.querySelector('.banner')?.textContent})"
+        )
+        raise AssertionError(f"{exc}\npage: {state}\npage errors: {client.errors}") from exc
     expect(box).to_have_value("")
     # Escape closes a dialog and gives focus back.
     new_chat.focus()
