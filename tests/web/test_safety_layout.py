@@ -199,7 +199,7 @@ def test_keyboard_alone_signs_in_starts_a_chat_and_sends(
         state = page.evaluate(
             "() => ({composer: document.querySelector('.composer-input')?.value,"
             " focused: document.activeElement?.outerHTML.slice(0, 120),"
-            " hash: location.hash, banner: document.querySelector('.banner')?.textContent})"
+            " hash: location.hash, banner: document.querySelector('.conn-banner')?.textContent})"
         )
         raise AssertionError(f"{exc}\npage: {state}\npage errors: {client.errors}") from exc
     expect(box).to_have_value("")
