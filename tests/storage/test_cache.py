@@ -171,3 +171,24 @@ def test_a_snapshot_is_an_equal_copy_that_later_writes_do_not_touch() -> None:
     record.recent.append(record.recent[0])
     assert snapshot.members == {"u": MemberRecord("u", "admin", 3, 2, 1, 7)}
     assert snapshot.former == {"v": 5} and snapshot.recent[-1].seq == LAST
+
+
+def test_remembered_body_size_follows_what_the_deque_keeps_and_drops() -> None:
+    _, record = _db_and_record()
+    assert record.recent_body_size == sum(len(m.body) for m in record.recent) > 0
+    for i in range(RECENT_MESSAGES + 7):  # past the bound: the oldest ones drop out
+        last = record.recent[-1]
+        record.remember(
+            Message(
+                conversation_id="c",
+                seq=last.seq + 1,
+                message_id=f"n{i}",
+                sender_id="u",
+                client_msg_id=f"n{i}",
+                body="x" * (i % 5),
+                sent_at=i,
+            )
+        )
+        assert record.recent_body_size == sum(len(m.body) for m in record.recent)
+    snapshot = record.snapshot()
+    assert snapshot.recent_body_size == record.recent_body_size

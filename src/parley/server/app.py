@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 import signal
@@ -33,6 +34,11 @@ log = logging.getLogger("parley")
 HANDSHAKE_TIMEOUT = 10.0
 MAX_REQUEST_LINE = 32 * 1024
 GIL_SWITCH_INTERVAL = 0.0005
+#: Net new container objects between young collections (Python's default: 700).
+#: A message's frames, futures and records live a few milliseconds; at 700 a
+#: collection finds most of them alive under load and promotes them, and the
+#: full collections that follow stopped the loop for 40-70 ms at 5k msg/s.
+GC_YOUNG_THRESHOLD = 5_000
 
 
 def build_app(config: ServerConfig) -> web.Application:
@@ -123,6 +129,7 @@ async def run(config: ServerConfig) -> None:
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=4096, reuse_address=True)
     await site.start()
+    _settle_gc()
     log.info(
         "parley listening on http://%s:%d (data in %s)", config.host, config.port, config.data_dir
     )
@@ -133,6 +140,15 @@ async def run(config: ServerConfig) -> None:
     await stopping.wait()
     log.info("shutting down")
     await runner.cleanup()
+
+
+def _settle_gc() -> None:
+    """Keep the cycle collector off the hot path. What startup built (modules,
+    the app, the store) lives as long as the process, so it is moved where
+    collections never walk it again, and young collections run less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD)
 
 
 def _raise_file_limit() -> None:

@@ -97,6 +97,21 @@ class ConversationRecord:
     #: The newest messages, ascending and contiguous up to `last_seq` (design
     #: section 7's cache of what a chat opens at).
     recent: deque[Message] = field(default_factory=lambda: deque(maxlen=RECENT_MESSAGES))
+    #: Characters of the bodies in `recent`, which the cache's memory bound
+    #: counts. Kept current by `remember` rather than summed at every install.
+    recent_body_size: int = -1
+
+    def __post_init__(self) -> None:
+        if self.recent_body_size < 0:
+            self.recent_body_size = sum(len(m.body) for m in self.recent)
+
+    def remember(self, message: Message) -> None:
+        """Append to `recent`, counting the body in and whatever the deque drops out."""
+        recent = self.recent
+        if len(recent) == recent.maxlen:
+            self.recent_body_size -= len(recent[0].body)
+        recent.append(message)
+        self.recent_body_size += len(message.body)
 
     def snapshot(self) -> ConversationRecord:
         """A copy the caller may keep while the writer goes on changing the original.
@@ -116,6 +131,7 @@ class ConversationRecord:
             self.last_message,
             self.version,
             self.recent.copy(),
+            self.recent_body_size,
         )
 
     def visible_seq(self, user_id: str) -> int | None:

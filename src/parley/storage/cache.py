@@ -42,7 +42,7 @@ class ConversationCache:
 
     def install(self, record: ConversationRecord) -> None:
         cid = record.conversation_id
-        size = sum(len(m.body) for m in record.recent)
+        size = record.recent_body_size
         self._bytes += size - self._sizes.get(cid, 0)
         self._records[cid] = record
         self._sizes[cid] = size

@@ -158,8 +158,7 @@ MAX_QUEUED = 200_000
 #: Backoff between retries of a failed commit: 10 ms doubling to 2 s.
 RETRY_FIRST, RETRY_MAX = 0.01, 2.0
 READER_THREADS = 4
-PAGE_SIZE = 1024
-#: WAL pages between automatic checkpoints (16 MiB of WAL at 1 KiB pages).
+#: WAL pages between automatic checkpoints (64 MiB of WAL at 4 KiB pages).
 CHECKPOINT_PAGES = 16_384
 
 _MESSAGE_COLUMNS = "conversation_id, seq, message_id, sender_id, client_msg_id, body, sent_at"
@@ -241,10 +240,10 @@ class SqliteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._loop = asyncio.get_running_loop()
         conn = _connect(self.path, readonly=False, busy_timeout_ms=self._busy_timeout_ms)
-        # Small pages: a commit logs every page it touched in full, and a batch of
-        # chat traffic touches a few rows on each of many pages (one per
-        # conversation and per user log). Only takes effect on a new database.
-        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        # Pages stay at SQLite's default 4 KiB. A commit logs every page it
+        # touched in full, which made 1 KiB pages look cheaper, but measured at
+        # 3k msg/s they log 1.6x the frames (deeper trees, more splits) for the
+        # same CPU: each frame is two system calls, whatever its size.
         # Checkpoint less often: the same hot pages are copied back once per
         # checkpoint however often they changed in between.
         conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
@@ -848,7 +847,7 @@ class SqliteStore(Store):
             sent_at=now,
         )
         conv.last_seq, conv.last_activity, conv.last_message = seq, now, message
-        conv.recent.append(message)
+        conv.remember(message)
         self._changed.add(conversation_id)
         self._dirty_counters.add(conversation_id)
         # Others have one more unread; the sender has read everything up to its own
