@@ -7,11 +7,19 @@ under 5 ms, commits around 1.4 ms (one fsync), batches up to 2,048 writes.
 from __future__ import annotations
 
 import dataclasses
+import gc
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    generate_latest,
+)
 
 if TYPE_CHECKING:
     from parley.services.push import PushStats
@@ -65,6 +73,13 @@ class Metrics:
         self.errors = Counter(
             "parley_errors", "Errors answered to clients, by code", ["code"], registry=r
         )
+        # Collections by generation: the collector's pauses land on the event loop.
+        GCCollector(registry=r)
+        Gauge(
+            "parley_gc_frozen_objects",
+            "Objects from startup that collections no longer walk (gc.freeze)",
+            registry=r,
+        ).set_function(gc.get_freeze_count)
 
     def track_presence(self, announcements: Callable[[], int], events: Callable[[], int]) -> None:
         """Status changes announced, and presence events sent for them: their
