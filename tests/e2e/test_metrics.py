@@ -43,6 +43,11 @@ async def test_metrics_count_messages_connections_and_errors(
     assert sample(text, "parley_delivery_latency_seconds_count") == 3
     assert sample(text, "parley_storage_batch_size_count") >= 3
     assert sample(text, "parley_storage_commit_seconds_count") >= 3
+    # Each acked send waited for a WAL sync; one sync may cover several commits.
+    assert sample(text, "parley_storage_sync_seconds_count") >= 3
+    assert sample(text, "parley_storage_sync_seconds_count") <= sample(
+        text, "parley_storage_commit_seconds_count"
+    )
     assert sample(text, 'parley_errors_total{code="not_found"}') == 1
     assert sample(text, "parley_events_out_total") == 3  # the echo of each send to alice
     assert "parley_event_log_lag_seconds_bucket" in text

@@ -48,6 +48,7 @@ def build_app(config: ServerConfig) -> web.Application:
     metrics = Metrics()
     store = SqliteStore(config.data_dir / "parley.db")
     store.on_commit = metrics.observe_commit
+    store.on_sync = metrics.sync_seconds.observe
     store.on_handoff = metrics.event_log_lag.observe
     metrics.track_write_queue(lambda: store.queued_writes)
     cache = store.cache

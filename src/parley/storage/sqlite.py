@@ -1,21 +1,26 @@
 """SQLite storage: the embedded default.
 
 One writer thread owns every write. It takes whatever has queued up since its
-last commit and commits it as one transaction (group commit), so a commit's
-fsync (about 1.4 ms here with synchronous=FULL) is paid once per batch, not
-once per message. Sequence numbers and cursors are assigned by that thread from
-counters it alone owns, inside the transaction that stores them; a failed
-commit discards the counters and reloads them from the database, so a retry
-assigns the same numbers and no gap appears.
+last commit and commits it as one transaction (group commit). Sequence numbers
+and cursors are assigned by that thread from counters it alone owns, inside the
+transaction that stores them; a failed commit discards the counters and reloads
+them from the database, so a retry assigns the same numbers and no gap appears.
+
+A batch is acknowledged once the WAL holding it is synced, which a thread of
+its own does for every batch committed since its last sync (`wal.WalSyncer`):
+the writer never waits for the disk. Another thread copies the WAL back into
+the database (`wal.Checkpointer`).
 
 Reads run on a small pool of reader threads, each with its own connection;
-WAL lets them read committed data while the writer works.
+WAL lets them read committed data while the writer works. A read returns only
+once everything it could have seen is durable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -59,6 +64,7 @@ from parley.storage.base import (
     UserRecord,
 )
 from parley.storage.cache import ConversationCache, ConversationLists, Place
+from parley.storage.wal import WRITER_CHECKPOINT_PAGES, Checkpointer, WalSyncer, checkpoint
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -158,9 +164,6 @@ MAX_QUEUED = 200_000
 #: Backoff between retries of a failed commit: 10 ms doubling to 2 s.
 RETRY_FIRST, RETRY_MAX = 0.01, 2.0
 READER_THREADS = 4
-#: WAL pages between automatic checkpoints (64 MiB of WAL at 4 KiB pages).
-CHECKPOINT_PAGES = 16_384
-
 _MESSAGE_COLUMNS = "conversation_id, seq, message_id, sender_id, client_msg_id, body, sent_at"
 _small_json = msgspec.json.Encoder()
 _conversation_decoder = msgspec.json.Decoder(Conversation)
@@ -170,8 +173,10 @@ _small_json_decoder = msgspec.json.Decoder(dict[str, Any])
 def _connect(path: Path, *, readonly: bool, busy_timeout_ms: int) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit survives power loss, which is what "acked means durable" promises.
-    conn.execute("PRAGMA synchronous=FULL")
+    # NORMAL: COMMIT does not wait for the disk; `WalSyncer` syncs the WAL before
+    # anything is acknowledged, so what is acked survives power loss as with FULL.
+    # Checkpoints still sync the WAL before copying and the database after.
+    conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
     if readonly:
@@ -200,12 +205,35 @@ class _Op:
         self.fn, self.args, self.future = fn, args, future
 
 
+class _Committed:
+    """A committed batch on its way to being acknowledged."""
+
+    __slots__ = ("batch", "number", "results", "snapshots")
+
+    def __init__(
+        self,
+        number: int,
+        batch: list[_Op],
+        results: list[tuple[bool, Any]],
+        snapshots: list[tuple[str, ConversationRecord | None]],
+    ) -> None:
+        self.number, self.batch, self.results, self.snapshots = number, batch, results, snapshots
+
+
 class SqliteStore(Store):
-    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout_ms: int = 5000,
+        wal_sync: Callable[[int], None] = os.fdatasync,
+    ) -> None:
         """`busy_timeout_ms`: how long one attempt waits for a lock held by
-        another process (a backup, an operator's shell) before it counts as failed."""
+        another process (a backup, an operator's shell) before it counts as failed.
+        `wal_sync`: what makes the WAL durable, given its file descriptor."""
         self.path = path
         self._busy_timeout_ms = busy_timeout_ms
+        self._wal_sync = wal_sync
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._queued = 0
         self._writer: threading.Thread | None = None
@@ -214,6 +242,14 @@ class SqliteStore(Store):
         self._loop: asyncio.AbstractEventLoop | None = None
         # Owned by the writer thread alone; reloaded from disk after a failed commit.
         self._wconn: sqlite3.Connection | None = None
+        self._checkpointer: Checkpointer | None = None
+        self._syncer: WalSyncer[_Committed] | None = None
+        #: Number of the last batch whose COMMIT has started (writer thread) and
+        #: of the last one synced (loop): a read waits until the second has
+        #: reached what the first was when it finished.
+        self._committing = 0
+        self._durable = 0
+        self._durable_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._convs: dict[str, ConversationRecord | None] = {}
         self._cursors: dict[str, int] = {}
         #: Conversations changed by the batch being written; snapshotted at commit.
@@ -227,8 +263,10 @@ class SqliteStore(Store):
         self.lists = ConversationLists()
         #: Called on the writer thread with (batch size, commit seconds); for metrics.
         self.on_commit: Callable[[int, float], None] | None = None
-        #: Called on the loop with the seconds from commit to completing the
-        #: batch's futures (the event-log lag); for metrics.
+        #: Called on the syncer thread with the seconds one WAL sync took; for metrics.
+        self.on_sync: Callable[[float], None] | None = None
+        #: Called on the loop with the seconds from a batch's sync to completing
+        #: its futures (the event-log lag); for metrics.
         self.on_handoff: Callable[[float], None] | None = None
 
     @property
@@ -244,11 +282,13 @@ class SqliteStore(Store):
         # touched in full, which made 1 KiB pages look cheaper, but measured at
         # 3k msg/s they log 1.6x the frames (deeper trees, more splits) for the
         # same CPU: each frame is two system calls, whatever its size.
-        # Checkpoint less often: the same hot pages are copied back once per
-        # checkpoint however often they changed in between.
-        conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
         conn.executescript(SCHEMA)
         self._wconn = conn
+        self._syncer = WalSyncer(Path(f"{self.path}-wal"), self._on_durable, self._wal_sync)
+        self._checkpointer = Checkpointer(
+            _connect(self.path, readonly=False, busy_timeout_ms=self._busy_timeout_ms), self.path
+        )
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
 
@@ -257,6 +297,12 @@ class SqliteStore(Store):
             self._queue.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
             self._writer = None
+        if self._syncer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._syncer.stop)
+            self._syncer = None
+        if self._checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.stop)
+            self._checkpointer = None
         self._readers.shutdown(wait=True)
         if self._wconn is not None:
             self._wconn.close()
@@ -280,7 +326,16 @@ class SqliteStore(Store):
                 )
             return fn(conn, *args)
 
-        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        result = await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        # Any batch whose COMMIT had started may be in what was read: it must
+        # not be shown before it is durable (a crash could still take it back).
+        visible = self._committing
+        if self._durable < visible:
+            assert self._loop is not None
+            waiter = self._loop.create_future()
+            self._durable_waiters.append((visible, waiter))
+            await waiter
+        return result
 
     def _write_loop(self) -> None:
         stopping = False
@@ -311,6 +366,7 @@ class SqliteStore(Store):
         conn = self._wconn
         assert conn is not None
         self._coalesce_watermarks(batch)
+        number = self._committing + 1
         attempt = 0
         isolate = False
         while True:
@@ -321,6 +377,7 @@ class SqliteStore(Store):
                 for op in batch:
                     results.append(self._run(conn, op, isolate))
                 self._flush_state(conn)
+                self._committing = number
                 conn.execute("COMMIT")
                 break
             except sqlite3.IntegrityError:
@@ -335,14 +392,29 @@ class SqliteStore(Store):
                 log.exception("commit failed (attempt %d); retrying", attempt)
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                self._committing = number - 1  # rolled back: no read can see it
                 self._forget_state()
                 time.sleep(min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1)))
-        committed = time.perf_counter()
         if self.on_commit is not None:
-            self.on_commit(len(batch), committed - started)
-        snapshots = self._snapshot_changed()
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._resolve, batch, results, snapshots, committed)
+            self.on_commit(len(batch), time.perf_counter() - started)
+        assert self._syncer is not None
+        self._syncer.submit(_Committed(number, batch, results, self._snapshot_changed()))
+        self._help_checkpoint(conn)
+
+    def _help_checkpoint(self, conn: sqlite3.Connection) -> None:
+        """After the batch is handed back: wake the checkpointer, and when it
+        asks, copy the few frames it has not so that the next write restarts
+        the WAL (see `Checkpointer`)."""
+        checkpointer = self._checkpointer
+        if checkpointer is None:
+            return
+        checkpointer.wake()
+        if checkpointer.restart_due:
+            checkpointer.restart_due = False
+            try:
+                checkpoint(conn)
+            except sqlite3.Error:
+                log.exception("checkpoint failed; the checkpointer will ask again")
 
     def _snapshot_changed(self) -> list[tuple[str, ConversationRecord | None]]:
         """Copies of the conversations the committed batch changed, for the cache.
@@ -355,33 +427,41 @@ class SqliteStore(Store):
         self._changed.clear()
         return snapshots
 
-    def _resolve(
-        self,
-        batch: list[_Op],
-        results: list[tuple[bool, Any]],
-        snapshots: list[tuple[str, ConversationRecord | None]],
-        committed: float,
-    ) -> None:
+    def _on_durable(self, durable: list[_Committed], sync_seconds: float) -> None:
+        """On the syncer thread: hand the synced batches to the loop."""
+        if self.on_sync is not None:
+            self.on_sync(sync_seconds)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._resolve, durable, time.perf_counter())
+
+    def _resolve(self, durable: list[_Committed], synced: float) -> None:
         """On the loop, in commit order: refresh the cache, then complete the
         futures (their callbacks run in that order), so that whoever learns of a
-        write reads it back."""
+        write reads it back; then release the reads waiting for these batches."""
         if self.on_handoff is not None:
-            self.on_handoff(time.perf_counter() - committed)
-        for cid, record in snapshots:
-            if record is None:
-                self.cache.discard(cid)
-                self.lists.forget_all()
-            else:
-                self.cache.install(record)
-                self.lists.update(record)
-        self._queued -= len(batch)
-        for op, (ok, value) in zip(batch, results, strict=True):
-            if op.future.done():
-                continue
-            if ok:
-                op.future.set_result(value)
-            else:
-                op.future.set_exception(value)
+            self.on_handoff(time.perf_counter() - synced)
+        for committed in durable:
+            for cid, record in committed.snapshots:
+                if record is None:
+                    self.cache.discard(cid)
+                    self.lists.forget_all()
+                else:
+                    self.cache.install(record)
+                    self.lists.update(record)
+            self._queued -= len(committed.batch)
+            for op, (ok, value) in zip(committed.batch, committed.results, strict=True):
+                if op.future.done():
+                    continue
+                if ok:
+                    op.future.set_result(value)
+                else:
+                    op.future.set_exception(value)
+        self._durable = durable[-1].number
+        waiters = self._durable_waiters
+        while waiters and waiters[0][0] <= self._durable:
+            waiter = waiters.popleft()[1]
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _coalesce_watermarks(self, batch: list[_Op]) -> None:
         """Watermarks are cumulative: of several moves of one member's watermark

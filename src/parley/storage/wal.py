@@ -1,0 +1,175 @@
+"""The SQLite store's WAL, kept off the writer's path: one thread makes commits
+durable, another copies them back into the database.
+
+The writer commits with `synchronous=NORMAL`: COMMIT writes the batch's frames
+to the WAL and returns without waiting for the disk. `WalSyncer` then fdatasyncs
+the WAL, and only then are the batch's writes acknowledged. A sync covers every
+batch committed before it started, so while one sync waits on a slow disk the
+writer goes on committing, and the next sync makes all of them durable at
+once. With `synchronous=FULL` each COMMIT waited for its own sync, and one slow
+fsync (3-4 ms when a checkpoint's writes were in flight) held up every write
+queued behind it.
+
+What is acknowledged is as durable as with FULL: its frames, and the WAL header
+before them, were synced. What was committed but not yet synced can be lost on
+power loss (not on a crash of the process: the kernel still has it), and was
+never acknowledged; SQLite's recovery ends the WAL at the last complete commit
+whose frames made it to disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Seconds between the checkpointer's rounds while writes keep coming.
+CHECKPOINT_INTERVAL = 0.1
+#: WAL frames past which the writer is asked to help restart the WAL from its
+#: start (64 MiB at 4 KiB pages).
+RESTART_PAGES = 16_384
+#: The writer checkpoints by itself only past this many WAL frames: a backstop
+#: in case the checkpointer cannot keep up (a long read pinning the WAL).
+WRITER_CHECKPOINT_PAGES = 4 * RESTART_PAGES
+
+
+class WalSyncer(Generic[T]):
+    """Syncs the WAL after commits and hands the committed batches on, in
+    commit order, once a sync covers them."""
+
+    def __init__(
+        self,
+        wal: Path,
+        on_durable: Callable[[list[T], float], None],
+        sync: Callable[[int], None] = os.fdatasync,
+    ) -> None:
+        """`on_durable(items, sync_seconds)` runs on the syncer's thread.
+        `sync` is `os.fdatasync`, which is what SQLite itself calls on Linux."""
+        # Make the WAL's directory entry durable once: syncing the file alone
+        # does not, and the file lives as long as the writer's connection.
+        dir_fd = os.open(wal.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._fd = os.open(wal, os.O_RDONLY)
+        self._on_durable = on_durable
+        self._sync = sync
+        self._pending: list[T] = []
+        self._wanted = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sqlite-sync", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: T) -> None:
+        """Called by the writer right after a COMMIT."""
+        with self._wanted:
+            self._pending.append(item)
+            self._wanted.notify()
+
+    def stop(self) -> None:
+        """Sync and hand on what is pending, then stop."""
+        with self._wanted:
+            self._stopping = True
+            self._wanted.notify()
+        self._thread.join()
+        os.close(self._fd)
+
+    def _run(self) -> None:
+        while True:
+            with self._wanted:
+                while not self._pending and not self._stopping:
+                    self._wanted.wait()
+                if not self._pending:
+                    return
+                items, self._pending = self._pending, []
+            started = time.perf_counter()
+            sync_or_stop(self._sync, self._fd, "the WAL")
+            self._on_durable(items, time.perf_counter() - started)
+
+
+def sync_or_stop(sync: Callable[[int], None], fd: int, what: str) -> None:
+    """Sync, or stop the process if that fails. After a failed fsync the kernel
+    may have dropped the pages it could not write, and a later sync can report
+    success without them (PostgreSQL's "fsyncgate"): nothing written since the
+    last good sync can be trusted. SQLite's recovery on restart finds what the
+    disk really holds, and nothing unsynced was acknowledged."""
+    try:
+        sync(fd)
+    except OSError:
+        log.critical("fsync of %s failed; stopping so nothing unsynced is trusted", what)
+        os._exit(70)
+
+
+class Checkpointer:
+    """Copies the WAL back into the database on a thread of its own.
+
+    A checkpoint writes every page the WAL changed into the database file and
+    fsyncs it: 5-6 ms at 5k msg/s. Run by the writer (SQLite's automatic
+    checkpoint), it held up every write queued behind it. Here it runs beside
+    the writer in PASSIVE mode, which takes no lock the writer needs.
+
+    SQLite restarts the WAL from its start only when a write begins after every
+    frame has been copied, which under steady load a round running beside the
+    writer never achieves. So once the WAL is long, `restart_due` asks the
+    writer to run one checkpoint itself after its next commit: it copies only
+    the frames since this round, and the write after it restarts the WAL.
+
+    SQLite syncs the database only after a checkpoint that reached the end of
+    the WAL, which under load is only the writer's: it then flushed everything
+    the rounds had copied since the last restart (5-6 ms). So each round syncs
+    the database itself, and the writer's sync has one round's worth left.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, database: Path) -> None:
+        self._conn = conn
+        self._db_fd = os.open(database, os.O_RDONLY)
+        self._wanted = threading.Event()
+        self._stop = threading.Event()
+        #: Set here, cleared by the writer when it has run its short checkpoint.
+        self.restart_due = False
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Called by the writer after each commit: there is something to copy."""
+        self._wanted.set()
+
+    def stop(self) -> None:
+        self._stop.set()  # before waking, so that the wake-up finds it
+        self._wanted.set()
+        self._thread.join()
+        self._conn.close()
+        os.close(self._db_fd)
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            # Cleared before the pause: a commit during it or the round wakes the next.
+            self._wanted.clear()
+            if self._stop.wait(CHECKPOINT_INTERVAL):
+                return
+            try:
+                frames = checkpoint(self._conn)
+            except sqlite3.Error:
+                # Nothing is lost: the frames stay in the WAL for the next round.
+                log.exception("checkpoint failed; retrying on the next round")
+                continue
+            sync_or_stop(os.fdatasync, self._db_fd, "the database")
+            if frames >= RESTART_PAGES:
+                self.restart_due = True
+
+
+def checkpoint(conn: sqlite3.Connection) -> int:
+    """Copy what the WAL holds into the database (PASSIVE: waits for no one);
+    returns the frames in the WAL."""
+    _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(frames)

@@ -1,0 +1,127 @@
+"""The WAL off the writer's path: nothing is acknowledged or read back before
+the sync that makes it durable, the writer goes on committing while a sync
+waits, and the checkpointer keeps the WAL from growing without end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from parley.storage import wal
+from parley.storage.base import UserRecord
+from parley.storage.sqlite import SqliteStore
+
+
+class GatedSync:
+    """fdatasync that waits while the gate is closed, counting its calls."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.open.set()
+        self.calls = 0
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        self.open.wait()
+        os.fdatasync(fd)
+
+
+async def _opened(path: Path, sync: Callable[[int], None], users: list[str]) -> SqliteStore:
+    store = SqliteStore(path, wal_sync=sync)
+    await store.open()
+    for user in users:
+        await store.create_user(UserRecord(user, user, user, "x", 0))
+    return store
+
+
+@pytest.fixture
+async def gated(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, GatedSync]]:
+    sync = GatedSync()
+    store = await _opened(tmp_path / "parley.db", sync, ["u_alice", "u_bob"])
+    yield store, sync
+    sync.open.set()
+    await asyncio.wait_for(store.close(), 10)
+
+
+async def test_acks_and_reads_wait_for_the_sync_while_the_writer_goes_on(
+    gated: tuple[SqliteStore, GatedSync],
+) -> None:
+    store, sync = gated
+    cid = (await store.open_direct("c1", "u_alice", "u_bob", 0)).conversation.conversation_id
+    commits: list[int] = []
+    store.on_commit = lambda size, _seconds: commits.append(size)
+    sync.open.clear()
+    first = store.append_message(cid, "u_alice", "k1", "one", "m1", 1)
+    while not commits:  # noqa: ASYNC110 - committed; now its sync waits at the gate
+        await asyncio.sleep(0.005)
+    # The writer does not wait for that sync: later writes commit meanwhile.
+    later = []
+    for i in range(2, 6):
+        later.append(store.append_message(cid, "u_alice", f"k{i}", f"m{i}", f"m{i}", i))
+        while len(commits) < i:  # noqa: ASYNC110 - set on the writer thread
+            await asyncio.sleep(0.005)
+    # A reader thread can see the committed rows, but must not return them yet.
+    read = asyncio.ensure_future(store.read_events("u_bob", 0, 100))
+    await asyncio.sleep(0.2)
+    assert not first.done() and not any(f.done() for f in later)
+    assert not read.done(), "a read returned rows that were not yet durable"
+    calls_while_closed = sync.calls
+    sync.open.set()
+    outcomes = await asyncio.wait_for(asyncio.gather(first, *later), 10)
+    assert [o.message.seq for o in outcomes] == [1, 2, 3, 4, 5]
+    events = await asyncio.wait_for(read, 10)
+    assert [e.cursor for e in events][-5:] == [2, 3, 4, 5, 6]
+    # One sync made the four later batches durable together.
+    assert sync.calls - calls_while_closed <= 2
+
+
+async def test_the_checkpointer_restarts_the_wal_and_nothing_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wal, "RESTART_PAGES", 100)
+    monkeypatch.setattr(wal, "CHECKPOINT_INTERVAL", 0.01)
+    path = tmp_path / "parley.db"
+    users = [f"u_{i}" for i in range(20)]
+    store = await _opened(path, os.fdatasync, ["u_alice", *users])
+    conversations = [
+        (await store.open_direct(f"c{i}", "u_alice", u, 0)).conversation.conversation_id
+        for i, u in enumerate(users)
+    ]
+
+    def restarts() -> int:
+        # The WAL header's checkpoint sequence number counts restarts.
+        with open(f"{path}-wal", "rb") as f:
+            return int(struct.unpack(">I", f.read(16)[12:16])[0])
+
+    before = restarts()
+    sent = 0
+    for round_ in range(60):
+        await asyncio.gather(
+            *(
+                store.append_message(
+                    cid, "u_alice", f"k{round_}", f"b{round_}", f"m{round_}.{i}", 1
+                )
+                for i, cid in enumerate(conversations)
+            )
+        )
+        sent += len(conversations)
+        await asyncio.sleep(0.005)
+    assert restarts() - before >= 2, "the WAL was never restarted"
+    await asyncio.wait_for(store.close(), 10)
+
+    reopened = await _opened(path, os.fdatasync, [])
+    try:
+        total = 0
+        for cid in conversations:
+            page, _ = await reopened.get_messages(cid, before=None, after=0, limit=100)
+            assert [m.seq for m in page] == list(range(1, 61))
+            total += len(page)
+        assert total == sent
+    finally:
+        await reopened.close()
