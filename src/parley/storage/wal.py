@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,9 @@ CHECKPOINT_INTERVAL = 0.1
 #: WAL frames past which the writer is asked to help restart the WAL from its
 #: start (64 MiB at 4 KiB pages).
 RESTART_PAGES = 16_384
+#: The checkpointer's niceness: it yields the core to the event loop, the writer
+#: and the syncer whenever they have work (Linux applies it to the one thread).
+CHECKPOINTER_NICE = 19
 #: The writer checkpoints by itself only past this many WAL frames: a backstop
 #: in case the checkpointer cannot keep up (a long read pinning the WAL).
 WRITER_CHECKPOINT_PAGES = 4 * RESTART_PAGES
@@ -151,6 +155,10 @@ class Checkpointer:
         os.close(self._db_fd)
 
     def _run(self) -> None:
+        if sys.platform == "linux":
+            # Its rounds are bursts of a few ms of CPU on the server's core;
+            # interleaved at 5k msg/s, p99 5.8-6.5 ms niced against 6.9-8.0 not.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECKPOINTER_NICE)
         while True:
             self._wanted.wait()
             # Cleared before the pause: a commit during it or the round wakes the next.
