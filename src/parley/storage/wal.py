@@ -56,7 +56,8 @@ class WalSyncer(Generic[T]):
         sync: Callable[[int], None] = os.fdatasync,
     ) -> None:
         """`on_durable(items, sync_seconds)` runs on the syncer's thread.
-        `sync` is `os.fdatasync`, which is what SQLite itself calls on Linux."""
+        `sync` defaults to `os.fdatasync`, which is what SQLite itself calls on
+        Linux; tests pass one that can be held closed."""
         # Make the WAL's directory entry durable once: syncing the file alone
         # does not, and the file lives as long as the writer's connection.
         dir_fd = os.open(wal.parent, os.O_RDONLY)
