@@ -61,6 +61,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.queue_wait = Histogram(
+            "parley_storage_queue_wait_seconds",
+            "Longest wait of a write in each batch before the writer took it up:"
+            " where a stalled writer (a checkpoint, a slow commit) shows first",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.sync_seconds = Histogram(
             "parley_storage_sync_seconds",
             "One fdatasync of the WAL, covering every batch committed before it",
@@ -132,10 +139,11 @@ class Metrics:
     def track_write_queue(self, count: Callable[[], int]) -> None:
         self.write_queue.set_function(count)
 
-    def observe_commit(self, batch: int, seconds: float) -> None:
+    def observe_commit(self, batch: int, seconds: float, waited: float) -> None:
         """Called on the writer thread (prometheus_client is thread-safe)."""
         self.batch_size.observe(batch)
         self.commit_seconds.observe(seconds)
+        self.queue_wait.observe(waited)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

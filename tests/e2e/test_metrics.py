@@ -43,6 +43,8 @@ async def test_metrics_count_messages_connections_and_errors(
     assert sample(text, "parley_delivery_latency_seconds_count") == 3
     assert sample(text, "parley_storage_batch_size_count") >= 3
     assert sample(text, "parley_storage_commit_seconds_count") >= 3
+    # One queue wait per batch: the oldest write's, taken when the batch starts.
+    assert sample(text, "parley_storage_queue_wait_seconds_count") >= 3
     # Each acked send waited for a WAL sync; one sync may cover several commits.
     assert sample(text, "parley_storage_sync_seconds_count") >= 3
     assert sample(text, "parley_storage_sync_seconds_count") <= sample(

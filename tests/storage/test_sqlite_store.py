@@ -52,6 +52,30 @@ async def test_a_locked_database_delays_writes_but_loses_and_skips_nothing(
     assert [e.cursor for e in events] == list(range(1, 23))  # conversation + 21 messages
 
 
+async def test_the_queue_wait_shows_how_long_a_stalled_writer_kept_writes_waiting(
+    store: SqliteStore,
+) -> None:
+    cid = await _direct(store)
+    batches: list[tuple[int, float]] = []
+    store.on_commit = lambda size, _seconds, waited: batches.append((size, waited))
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    # The writer takes the first write and retries it while the lock is held;
+    # the second waits in the queue behind it.
+    first = store.append_message(cid, "u_alice", "k1", "one", "m1", 1)
+    await asyncio.sleep(0.1)
+    second = store.append_message(cid, "u_alice", "k2", "two", "m2", 2)
+    await asyncio.sleep(0.4)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    await asyncio.wait_for(asyncio.gather(first, second), 30)
+    assert len(batches) == 2, batches
+    (first_size, first_wait), (second_size, second_wait) = batches
+    assert first_size == second_size == 1
+    assert first_wait < 0.1  # taken up at once; its retries count as commit time
+    assert second_wait >= 0.35  # queued 0.1 s in, taken up after the lock went at 0.5 s
+
+
 async def test_a_constraint_violation_reloads_state_and_spares_the_batch(
     store: SqliteStore,
 ) -> None:

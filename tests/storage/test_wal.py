@@ -56,7 +56,7 @@ async def test_acks_and_reads_wait_for_the_sync_while_the_writer_goes_on(
     store, sync = gated
     cid = (await store.open_direct("c1", "u_alice", "u_bob", 0)).conversation.conversation_id
     commits: list[int] = []
-    store.on_commit = lambda size, _seconds: commits.append(size)
+    store.on_commit = lambda size, _seconds, _waited: commits.append(size)
     sync.open.clear()
     first = store.append_message(cid, "u_alice", "k1", "one", "m1", 1)
     while not commits:  # noqa: ASYNC110 - committed; now its sync waits at the gate

@@ -197,12 +197,14 @@ def _message(row: Sequence[Any]) -> Message:
 
 
 class _Op:
-    """One queued write: a function run on the writer thread, and its future."""
+    """One queued write: a function run on the writer thread, its future, and
+    when it was queued (for the writer's queue-wait metric)."""
 
-    __slots__ = ("args", "fn", "future")
+    __slots__ = ("args", "fn", "future", "queued_at")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any]):
         self.fn, self.args, self.future = fn, args, future
+        self.queued_at = time.perf_counter()
 
 
 class _Committed:
@@ -261,8 +263,9 @@ class SqliteStore(Store):
         # Read on the loop only; filled in commit order from writer snapshots.
         self.cache = ConversationCache()
         self.lists = ConversationLists()
-        #: Called on the writer thread with (batch size, commit seconds); for metrics.
-        self.on_commit: Callable[[int, float], None] | None = None
+        #: Called on the writer thread with (batch size, commit seconds, seconds
+        #: the batch's oldest write waited for the writer); for metrics.
+        self.on_commit: Callable[[int, float, float], None] | None = None
         #: Called on the syncer thread with the seconds one WAL sync took; for metrics.
         self.on_sync: Callable[[float], None] | None = None
         #: Called on the loop with the seconds from a batch's sync to completing
@@ -365,6 +368,7 @@ class SqliteStore(Store):
         """
         conn = self._wconn
         assert conn is not None
+        waited = time.perf_counter() - batch[0].queued_at
         self._coalesce_watermarks(batch)
         number = self._committing + 1
         attempt = 0
@@ -396,7 +400,7 @@ class SqliteStore(Store):
                 self._forget_state()
                 time.sleep(min(RETRY_MAX, RETRY_FIRST * 2 ** (attempt - 1)))
         if self.on_commit is not None:
-            self.on_commit(len(batch), time.perf_counter() - started)
+            self.on_commit(len(batch), time.perf_counter() - started, waited)
         assert self._syncer is not None
         self._syncer.submit(_Committed(number, batch, results, self._snapshot_changed()))
         self._help_checkpoint(conn)
