@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from parley.storage.base import UserRecord
-from parley.storage.sqlite import PAGE_SIZE, SqliteStore
+from parley.storage.sqlite import SqliteStore
 
 
 @pytest.fixture
@@ -119,29 +119,3 @@ async def test_watermark_moves_in_one_batch_become_one_receipt(store: SqliteStor
     assert {e.seq for _, e in outcomes[3].events} == {4}  # the highest, not the last sent
     conv = await store.get_conversation(cid)
     assert conv is not None and conv.members["u_bob"].delivered_seq == 4
-
-
-async def test_a_new_database_gets_small_pages_and_an_old_one_keeps_its_own(
-    tmp_path: Path,
-) -> None:
-    new = SqliteStore(tmp_path / "new.db")
-    await new.open()
-    await new.create_user(UserRecord("u_a", "a", "a", "x", 0))
-    await new.close()
-    old_path = tmp_path / "old.db"
-    with sqlite3.connect(old_path) as conn:  # made by an earlier version: 4 KiB pages, WAL
-        conn.execute("PRAGMA page_size=4096")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE t (x)")
-    conn.close()
-    old = SqliteStore(old_path)
-    await old.open()
-    await old.create_user(UserRecord("u_b", "b", "b", "x", 0))
-    assert (await old.get_user("u_b")) is not None
-    await old.close()
-    sizes: dict[str, int] = {}
-    for name in ("new.db", "old.db"):
-        conn = sqlite3.connect(tmp_path / name)
-        (sizes[name],) = conn.execute("PRAGMA page_size").fetchone()
-        conn.close()
-    assert sizes == {"new.db": PAGE_SIZE, "old.db": 4096}
