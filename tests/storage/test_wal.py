@@ -6,8 +6,12 @@ without end."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import mmap
 import os
+import sqlite3
 import struct
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -133,3 +137,96 @@ async def test_the_checkpointer_restarts_the_wal_and_nothing_is_lost(
         assert total == sent
     finally:
         await reopened.close()
+
+
+def _resident_pages(path: Path) -> list[bool]:
+    """Which of the file's pages are in the page cache (mincore(2) on a mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vector = (ctypes.c_ubyte * pages)()
+            assert libc.mincore(addr, size, vector) == 0, os.strerror(ctypes.get_errno())
+            return [bool(v & 1) for v in vector]
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="posix_fadvise readahead is Linux's")
+async def test_the_checkpointer_brings_the_wal_ahead_of_the_writer_into_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A frame overwriting part of a page that left the page cache makes the
+    # kernel read that page inside the writer's COMMIT; the checkpointer reads
+    # the WAL's next stretch in first.
+    monkeypatch.setattr(wal, "CHECKPOINT_INTERVAL", 0.01)
+    path = tmp_path / "parley.db"
+    wal_path = Path(f"{path}-wal")
+    store = await _opened(path, os.fdatasync, ["u_alice", "u_bob"])
+    try:
+        cid = (await store.open_direct("c1", "u_alice", "u_bob", 0)).conversation.conversation_id
+        sent = 0
+
+        async def send(n: int) -> None:
+            nonlocal sent
+            sends = []
+            for _ in range(n):
+                sent += 1
+                sends.append(
+                    store.append_message(cid, "u_alice", f"k{sent}", "x" * 2000, f"m{sent}", 1)
+                )
+            await asyncio.gather(*sends)
+
+        def writer_frame() -> int:
+            # The frame after which the writer appends: the WAL's frame count.
+            with sqlite3.connect(path) as conn:
+                return wal.checkpoint(conn)
+
+        # Grow the WAL, then lower the restart mark and write on until the
+        # writer has gone back to its start: the rest of the file is what it
+        # overwrites next.
+        while os.path.getsize(wal_path) < 300 * 4120:  # noqa: ASYNC240 - a stat
+            await send(20)
+        monkeypatch.setattr(wal, "RESTART_PAGES", 100)
+        for _ in range(500):
+            if writer_frame() < 50:
+                break
+            await send(1)
+        ahead = (wal.WAL_HEADER + (writer_frame() + 20) * 4120) // mmap.PAGESIZE
+        assert len(_resident_pages(wal_path)) - ahead >= 100, "the writer did not go back"
+        await asyncio.sleep(0.3)  # the checkpointer's last round is over; it waits for a commit
+        # Drop the whole WAL from the page cache (its pages are clean once synced).
+        fd = os.open(wal_path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        tail = slice(ahead, None)
+        assert not any(_resident_pages(wal_path)[tail]), "could not drop the WAL's pages"
+        # One more commit wakes the checkpointer for a round.
+        await send(1)
+        for _ in range(200):
+            if all(_resident_pages(wal_path)[tail]):
+                break
+            await asyncio.sleep(0.01)
+        assert all(_resident_pages(wal_path)[tail]), "the WAL ahead was not read in"
+    finally:
+        await asyncio.wait_for(store.close(), 10)

@@ -41,6 +41,11 @@ CHECKPOINT_INTERVAL = 0.1
 #: 40-60 queued writes into the tail each time; traced, most episodes above
 #: p99 began with one. Interleaved, 4 pairs: p99 8.3-9.3 against 10.2-11.9 ms.
 RESTART_PAGES = 131_072
+#: Bytes of the WAL ahead of the writer brought into memory each round: more
+#: than it writes between two rounds at any rate measured (~15 MB at 5k msg/s).
+READ_AHEAD_BYTES = 64 << 20
+#: Sizes of the WAL file's header and of each frame's header (SQLite's format).
+WAL_HEADER, WAL_FRAME_HEADER = 32, 24
 #: The checkpointer's niceness: it yields the core to the event loop, the writer
 #: and the syncer whenever they have work (Linux applies it to the one thread).
 CHECKPOINTER_NICE = 19
@@ -141,6 +146,8 @@ class Checkpointer:
     def __init__(self, conn: sqlite3.Connection, database: Path) -> None:
         self._conn = conn
         self._db_fd = os.open(database, os.O_RDONLY)
+        self._wal_fd = os.open(f"{database}-wal", os.O_RDONLY)
+        self._frame_bytes = WAL_FRAME_HEADER + int(conn.execute("PRAGMA page_size").fetchone()[0])
         self._wanted = threading.Event()
         self._stop = threading.Event()
         #: Set here, cleared by the writer when it has run its short checkpoint.
@@ -158,6 +165,7 @@ class Checkpointer:
         self._thread.join()
         self._conn.close()
         os.close(self._db_fd)
+        os.close(self._wal_fd)
 
     def _run(self) -> None:
         if sys.platform == "linux":
@@ -179,6 +187,25 @@ class Checkpointer:
             sync_or_stop(os.fdatasync, self._db_fd, "the database")
             if frames >= RESTART_PAGES:
                 self.restart_due = True
+                frames = 0  # the writer goes back to the WAL's start
+            self._read_ahead(frames)
+
+    def _read_ahead(self, frames: int) -> None:
+        """Bring the part of the WAL the writer overwrites next into memory:
+        what follows its last frame, and the WAL's start, where it goes on a
+        restart.
+
+        A reused WAL is overwritten in place, and a frame is 24 bytes longer
+        than a page, so every frame write covers part of a file page. Where that
+        page has left the page cache (on this VM a reclaim daemon pages out file
+        pages it sees idle), the kernel reads it first, inside the writer's
+        COMMIT: traced, 1,100 such reads in one minute of load, and COMMITs of up
+        to 15 ms. Asked for here (an asynchronous readahead, ~0.2 ms where the
+        pages are already cached), the read is off the writer's path."""
+        if sys.platform == "linux":
+            start = WAL_HEADER + frames * self._frame_bytes
+            os.posix_fadvise(self._wal_fd, start, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(self._wal_fd, 0, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
 
 
 def checkpoint(conn: sqlite3.Connection) -> int:
