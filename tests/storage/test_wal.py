@@ -197,7 +197,7 @@ async def test_the_checkpointer_brings_the_wal_ahead_of_the_writer_into_memory(
         def writer_frame() -> int:
             # The frame after which the writer appends: the WAL's frame count.
             with sqlite3.connect(path) as conn:
-                return wal.checkpoint(conn)
+                return wal.checkpoint(conn)[0]
 
         # Grow the WAL, then lower the restart mark and write on until the
         # writer has gone back to its start: the rest of the file is what it
