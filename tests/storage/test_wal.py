@@ -170,13 +170,14 @@ def _resident_pages(path: Path) -> list[bool]:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="posix_fadvise readahead is Linux's")
-async def test_the_checkpointer_brings_the_wal_ahead_of_the_writer_into_memory(
+async def test_the_wal_ahead_of_the_writer_is_brought_into_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A frame overwriting part of a page that left the page cache makes the
-    # kernel read that page inside the writer's COMMIT; the checkpointer reads
-    # the WAL's next stretch in first.
-    monkeypatch.setattr(wal, "CHECKPOINT_INTERVAL", 0.01)
+    # kernel read that page inside the writer's COMMIT; a readahead after each
+    # commit reads the WAL's next stretch in first.
+    monkeypatch.setattr(wal, "CHECKPOINT_INTERVAL", 60)  # the test checkpoints itself
+    monkeypatch.setattr(wal, "READ_AHEAD_BYTES", 40 * mmap.PAGESIZE)
     path = tmp_path / "parley.db"
     wal_path = Path(f"{path}-wal")
     store = await _opened(path, os.fdatasync, ["u_alice", "u_bob"])
@@ -194,24 +195,23 @@ async def test_the_checkpointer_brings_the_wal_ahead_of_the_writer_into_memory(
                 )
             await asyncio.gather(*sends)
 
-        def writer_frame() -> int:
-            # The frame after which the writer appends: the WAL's frame count.
-            with sqlite3.connect(path) as conn:
-                return wal.checkpoint(conn)[0]
+        def last_frame() -> int:
+            # The wal-index header in the -shm file (https://www.sqlite.org/walformat.html).
+            with open(f"{path}-shm", "rb") as shm:
+                return int(struct.unpack_from("=I", shm.read(20), wal.WAL_INDEX_LAST_FRAME)[0])
 
-        # Grow the WAL, then lower the restart mark and write on until the
-        # writer has gone back to its start: the rest of the file is what it
-        # overwrites next.
+        # Grow the WAL to 300 frames and copy them all back: the next write
+        # restarts the WAL from its start. 50 frames on, what follows is old
+        # WAL, which the writer overwrites next.
         while os.path.getsize(wal_path) < 300 * 4120:  # noqa: ASYNC240 - a stat
             await send(20)
-        monkeypatch.setattr(wal, "RESTART_PAGES", 100)
-        for _ in range(500):
-            if writer_frame() < 50:
-                break
-            await send(1)
-        ahead = (wal.WAL_HEADER + (writer_frame() + 20) * 4120) // mmap.PAGESIZE
-        assert len(_resident_pages(wal_path)) - ahead >= 100, "the writer did not go back"
-        await asyncio.sleep(0.3)  # the checkpointer's last round is over; it waits for a commit
+        with sqlite3.connect(path) as conn:
+            wal.checkpoint(conn)
+        await send(5)
+        while last_frame() < 50:
+            await send(5)
+        assert last_frame() < 150, "the writer did not go back to the WAL's start"
+        await asyncio.sleep(0.3)  # the last readahead is over; the next waits for a commit
         # Drop the whole WAL from the page cache (its pages are clean once synced).
         fd = os.open(wal_path, os.O_RDONLY)
         try:
@@ -219,14 +219,17 @@ async def test_the_checkpointer_brings_the_wal_ahead_of_the_writer_into_memory(
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-        tail = slice(ahead, None)
-        assert not any(_resident_pages(wal_path)[tail]), "could not drop the WAL's pages"
-        # One more commit wakes the checkpointer for a round.
-        await send(1)
+        start, ahead = slice(0, 30), slice(60, 300)
+        assert not any(_resident_pages(wal_path)[start] + _resident_pages(wal_path)[ahead])
+        await send(1)  # wakes the readahead
+        first = (wal.WAL_HEADER + last_frame() * 4120) // mmap.PAGESIZE + 1
+        ahead = slice(first, first + 30)  # past every page the writer has written to
         for _ in range(200):
-            if all(_resident_pages(wal_path)[tail]):
+            resident = _resident_pages(wal_path)
+            if all(resident[ahead]) and all(resident[start]):
                 break
             await asyncio.sleep(0.01)
-        assert all(_resident_pages(wal_path)[tail]), "the WAL ahead was not read in"
+        assert all(resident[ahead]), "the WAL after the writer's last frame was not read in"
+        assert all(resident[start]), "the WAL's start, where it restarts, was not read in"
     finally:
         await asyncio.wait_for(store.close(), 10)

@@ -23,6 +23,7 @@ import logging
 import os
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections import deque
@@ -64,7 +65,13 @@ from parley.storage.base import (
     UserRecord,
 )
 from parley.storage.cache import ConversationCache, ConversationLists, Place
-from parley.storage.wal import WRITER_CHECKPOINT_PAGES, Checkpointer, WalSyncer, checkpoint
+from parley.storage.wal import (
+    WRITER_CHECKPOINT_PAGES,
+    Checkpointer,
+    WalReadahead,
+    WalSyncer,
+    checkpoint,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -245,6 +252,7 @@ class SqliteStore(Store):
         # Owned by the writer thread alone; reloaded from disk after a failed commit.
         self._wconn: sqlite3.Connection | None = None
         self._checkpointer: Checkpointer | None = None
+        self._readahead: WalReadahead | None = None
         self._syncer: WalSyncer[_Committed] | None = None
         #: Number of the last batch whose COMMIT has started (writer thread) and
         #: of the last one synced (loop): a read waits until the second has
@@ -292,6 +300,9 @@ class SqliteStore(Store):
         self._checkpointer = Checkpointer(
             _connect(self.path, readonly=False, busy_timeout_ms=self._busy_timeout_ms), self.path
         )
+        if sys.platform == "linux":  # posix_fadvise
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            self._readahead = WalReadahead(self.path, page_size)
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
 
@@ -306,6 +317,9 @@ class SqliteStore(Store):
         if self._checkpointer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.stop)
             self._checkpointer = None
+        if self._readahead is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._readahead.stop)
+            self._readahead = None
         self._readers.shutdown(wait=True)
         if self._wconn is not None:
             self._wconn.close()
@@ -406,9 +420,11 @@ class SqliteStore(Store):
         self._help_checkpoint(conn)
 
     def _help_checkpoint(self, conn: sqlite3.Connection) -> None:
-        """After the batch is handed back: wake the checkpointer, and when it
-        asks, copy the few frames it has not so that the next write restarts
-        the WAL (see `Checkpointer`)."""
+        """After the batch is handed back: wake the WAL's readahead and the
+        checkpointer, and when it asks, copy the few frames it has not so that
+        the next write restarts the WAL (see `Checkpointer`)."""
+        if self._readahead is not None:
+            self._readahead.wake()
         checkpointer = self._checkpointer
         if checkpointer is None:
             return

@@ -20,8 +20,10 @@ whose frames made it to disk.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import sqlite3
+import struct
 import sys
 import threading
 import time
@@ -41,11 +43,13 @@ CHECKPOINT_INTERVAL = 0.1
 #: 40-60 queued writes into the tail each time; traced, most episodes above
 #: p99 began with one. Interleaved, 4 pairs: p99 8.3-9.3 against 10.2-11.9 ms.
 RESTART_PAGES = 131_072
-#: Bytes of the WAL ahead of the writer brought into memory each round: twice
-#: what it writes between two rounds at 5k msg/s (~15 MB).
-READ_AHEAD_BYTES = 32 << 20
-#: Sizes of the WAL file's header and of each frame's header (SQLite's format).
-WAL_HEADER, WAL_FRAME_HEADER = 32, 24
+#: Seconds between readaheads while writes keep coming, and the bytes of the
+#: WAL each brings into memory: at 5k msg/s the writer writes ~4 MB meanwhile.
+READ_AHEAD_INTERVAL = 0.025
+READ_AHEAD_BYTES = 16 << 20
+#: Sizes of the WAL file's header and of each frame's header, and where the
+#: wal-index header holds the last valid frame (SQLite's formats).
+WAL_HEADER, WAL_FRAME_HEADER, WAL_INDEX_LAST_FRAME = 32, 24, 16
 #: The checkpointer's niceness: it yields the core to the event loop, the writer
 #: and the syncer whenever they have work (Linux applies it to the one thread).
 CHECKPOINTER_NICE = 19
@@ -146,8 +150,6 @@ class Checkpointer:
     def __init__(self, conn: sqlite3.Connection, database: Path) -> None:
         self._conn = conn
         self._db_fd = os.open(database, os.O_RDONLY)
-        self._wal_fd = os.open(f"{database}-wal", os.O_RDONLY)
-        self._frame_bytes = WAL_FRAME_HEADER + int(conn.execute("PRAGMA page_size").fetchone()[0])
         self._wanted = threading.Event()
         self._stop = threading.Event()
         #: Set here, cleared by the writer when it has run its short checkpoint.
@@ -165,7 +167,6 @@ class Checkpointer:
         self._thread.join()
         self._conn.close()
         os.close(self._db_fd)
-        os.close(self._wal_fd)
 
     def _run(self) -> None:
         if sys.platform == "linux":
@@ -179,7 +180,7 @@ class Checkpointer:
             if self._stop.wait(CHECKPOINT_INTERVAL):
                 return
             try:
-                frames, copied = checkpoint(self._conn)
+                frames = checkpoint(self._conn)
             except sqlite3.Error:
                 # Nothing is lost: the frames stay in the WAL for the next round.
                 log.exception("checkpoint failed; retrying on the next round")
@@ -187,27 +188,71 @@ class Checkpointer:
             sync_or_stop(os.fdatasync, self._db_fd, "the database")
             if frames >= RESTART_PAGES:
                 self.restart_due = True
-            # With every frame copied, SQLite restarts the WAL at the next write.
-            self._read_ahead(0 if self.restart_due or copied == frames else frames)
-
-    def _read_ahead(self, frame: int) -> None:
-        """Bring the part of the WAL the writer overwrites next, from `frame`
-        on, into memory.
-
-        A reused WAL is overwritten in place, and a frame is 24 bytes longer
-        than a page, so every frame write covers part of a file page. Where that
-        page has left the page cache (on this VM a reclaim daemon pages out file
-        pages it sees idle), the kernel reads it first, inside the writer's
-        COMMIT: traced, 1,100 such reads in one minute of load, and COMMITs of up
-        to 15 ms. Asked for here (an asynchronous readahead, ~0.2 ms where the
-        pages are already cached), the read is off the writer's path."""
-        if sys.platform == "linux":
-            start = WAL_HEADER + frame * self._frame_bytes
-            os.posix_fadvise(self._wal_fd, start, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
 
 
-def checkpoint(conn: sqlite3.Connection) -> tuple[int, int]:
+class WalReadahead:
+    """Keeps the stretch of the WAL the writer overwrites next in memory.
+
+    A reused WAL is overwritten in place, and a frame is 24 bytes longer than a
+    page, so every frame write covers part of a file page. Where that page has
+    left the page cache (on this VM a reclaim daemon pages out file pages it
+    samples as idle, whatever the process), the kernel reads it first, inside
+    the writer's COMMIT: `perf` counted 400-1,100 such reads in one minute of load,
+    and COMMITs of up to 15 ms were traced to them. This thread asks for that
+    stretch ahead of the writer, and for the WAL's start, where the writer goes
+    on a restart (an asynchronous readahead, ~0.1 ms where the pages are cached).
+
+    It has a thread of its own, at normal priority, because the checkpointer's
+    rounds, niced, come too seldom when the core is busy: run from there, the
+    readahead left as many reads as before.
+    """
+
+    def __init__(self, database: Path, page_size: int) -> None:
+        self._wal_fd = os.open(f"{database}-wal", os.O_RDONLY)
+        # The writer's last frame is in the wal-index header, which SQLite keeps
+        # in the -shm file (its format: https://www.sqlite.org/walformat.html).
+        shm_fd = os.open(f"{database}-shm", os.O_RDONLY)
+        try:
+            self._index = mmap.mmap(shm_fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(shm_fd)
+        self._frame_bytes = WAL_FRAME_HEADER + page_size
+        self._wanted = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlite-readahead", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Called by the writer after each commit."""
+        self._wanted.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wanted.set()
+        self._thread.join()
+        self._index.close()
+        os.close(self._wal_fd)
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stop.is_set():
+                return
+            self.read_ahead()
+            if self._stop.wait(READ_AHEAD_INTERVAL):
+                return
+
+    def read_ahead(self) -> None:
+        # A torn read of the header (SQLite may be writing it) only moves an advice.
+        (last_frame,) = struct.unpack_from("=I", self._index, WAL_INDEX_LAST_FRAME)
+        ahead = WAL_HEADER + last_frame * self._frame_bytes
+        os.posix_fadvise(self._wal_fd, ahead, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
+        os.posix_fadvise(self._wal_fd, 0, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
+
+
+def checkpoint(conn: sqlite3.Connection) -> int:
     """Copy what the WAL holds into the database (PASSIVE: waits for no one);
-    returns the frames in the WAL and how many of them are copied."""
-    _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    return int(frames), int(copied)
+    returns the frames in the WAL."""
+    _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(frames)
