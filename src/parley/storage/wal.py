@@ -198,8 +198,8 @@ class WalReadahead:
     page, so every frame write covers part of a file page. Where that page has
     left the page cache (on this VM a reclaim daemon pages out file pages it
     samples as idle, whatever the process), the kernel reads it first, inside
-    the writer's COMMIT: `perf` counted 400-1,100 such reads in one minute of load,
-    and COMMITs of up to 15 ms were traced to them. This thread asks for that
+    the writer's COMMIT: `perf` counted 130-4,500 such reads in a minute-long
+    run, and COMMITs of up to 15 ms were traced to them. This thread asks for that
     stretch ahead of the writer, and for the WAL's start, where the writer goes
     on a restart (an asynchronous readahead, ~0.1 ms where the pages are cached).
 
@@ -240,11 +240,11 @@ class WalReadahead:
             self._wanted.clear()
             if self._stop.is_set():
                 return
-            self.read_ahead()
+            self._read_ahead()
             if self._stop.wait(READ_AHEAD_INTERVAL):
                 return
 
-    def read_ahead(self) -> None:
+    def _read_ahead(self) -> None:
         # A torn read of the header (SQLite may be writing it) only moves an advice.
         (last_frame,) = struct.unpack_from("=I", self._index, WAL_INDEX_LAST_FRAME)
         ahead = WAL_HEADER + last_frame * self._frame_bytes
