@@ -220,7 +220,8 @@ async def test_the_wal_ahead_of_the_writer_is_brought_into_memory(
         finally:
             os.close(fd)
         start, ahead = slice(0, 30), slice(60, 300)
-        assert not any(_resident_pages(wal_path)[start] + _resident_pages(wal_path)[ahead])
+        resident = _resident_pages(wal_path)
+        assert not any(resident[start] + resident[ahead])
         await send(1)  # wakes the readahead
         first = (wal.WAL_HEADER + last_frame() * 4120) // mmap.PAGESIZE + 1
         ahead = slice(first, first + 30)  # past every page the writer has written to
