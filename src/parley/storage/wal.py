@@ -157,8 +157,8 @@ class WalIndex:
         os.close(self._fd)
 
     def _u32(self, offset: int) -> int:
-        (value,) = struct.unpack("=I", os.pread(self._fd, 4, offset))
-        return int(value)
+        data = os.pread(self._fd, 4, offset)
+        return int(struct.unpack("=I", data)[0]) if len(data) == 4 else 0
 
     def last_frame(self) -> int:
         """The WAL's last valid frame (frames count from 1)."""
@@ -180,7 +180,8 @@ class WalIndex:
                 start = (block + 1) * WAL_INDEX_BLOCK + slot * 4
                 end = WAL_INDEX_FIRST_BLOCK_PAGES + (block + 1) * WAL_INDEX_BLOCK_PAGES
             count = min(last, end) - frame + 1
-            numbers = array("I", os.pread(self._fd, count * 4, start))
+            data = os.pread(self._fd, count * 4, start)
+            numbers = array("I", data[: len(data) - len(data) % 4])
             if len(numbers) < count:  # past the file's end: the WAL was restarted
                 break
             pages.extend(numbers)
@@ -209,7 +210,7 @@ def write_back(fd: int, pages: list[int], page_size: int) -> None:
     pacing: errors are left to the fdatasync that follows, which decides."""
     if SYNC_FILE_RANGE is None:
         return
-    ordered = sorted(set(pages))
+    ordered = sorted(set(pages) - {0})  # 0: a slot read before SQLite filled it
     for step in range(0, len(ordered), WRITEBACK_PAGES):
         low, high = ordered[step], ordered[min(step + WRITEBACK_PAGES, len(ordered)) - 1]
         offset, length = (low - 1) * page_size, (high - low + 1) * page_size
