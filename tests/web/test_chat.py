@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from playwright.sync_api import expect
 
@@ -130,6 +131,42 @@ def test_group_of_three(web_server: ServerProcess, open_client: Callable[..., Cl
     expect(ann.page.locator(".chat-sub")).to_contain_text("1 member")
     assert bubbles(cat).filter(has_text="just the two of us now").count() == 0
     assert not ann.errors and not ben.errors and not cat.errors
+
+
+def test_a_message_acked_before_the_history_arrives_stays_in_view(
+    web_server: ServerProcess, open_client: Callable[..., Client]
+) -> None:
+    # A new chat's first page is read before the first message is stored but
+    # reaches the page after that message's ack and event (a read waits for
+    # the sync of what it saw, and HTTP and the WebSocket race): the message
+    # must still be shown once the (empty) page is in.
+    peer = sign_up(open_client(web_server.url), unique("peer"))
+    client = sign_up(open_client(web_server.url), unique("quick"))
+    page = client.page
+    held: list[tuple[Any, Any]] = []
+
+    def hold(route: Any) -> None:
+        if route.request.method != "GET":
+            route.continue_()
+            return
+        held.append((route, route.fetch()))  # answered by the server now, shown later
+
+    history = re.compile(r"/v1/conversations/[^/?]+/messages")
+    page.route(history, hold)
+    start_chat(client, peer.username)
+    for _ in range(100):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1, "the chat did not ask for its history"
+    send(client, "before the history came")
+    expect(bubbles(client)).to_have_count(1)
+    expect(page.locator(".msg-list .msg.pending")).to_have_count(0)  # acked
+    route, response = held[0]
+    route.fulfill(response=response)
+    page.unroute(history)
+    expect(page.get_by_text("Loading messages")).to_have_count(0)
+    expect(bubbles(client).locator(".msg-text")).to_have_text(["before the history came"])
 
 
 def test_history_loads_older_pages_when_scrolled_up(

@@ -469,6 +469,11 @@ export class Store extends EventTarget {
       const gap = m.seq > newest + 1 && h.byKey.size > 0;
       h.add(m);
       if (gap) this.fillGap(id, newest);
+    } else if (h && h.loadingNewest) {
+      // The page on its way may have been read before this message was stored
+      // (a read waits for the sync of what it saw, so its reply can come after
+      // this event): keep the message, the page is merged into it.
+      h.add(m);
     }
     if (m.sender_id === this.me.user_id && this.pending.has(m.client_msg_id)) {
       this.pending.delete(m.client_msg_id);
@@ -645,7 +650,7 @@ export class Store extends EventTarget {
       this.pending.delete(a.client_msg_id);
       this.saveOutbox();
       const h = this.histories.get(a.conversation_id);
-      if (h && h.loaded) h.add(m);
+      if (h && (h.loaded || h.loadingNewest)) h.add(m); // as in onMessage
       if (c) {
         if (!c.last_message || m.seq >= c.last_message.seq) c.last_message = m;
         c.last_seq = Math.max(c.last_seq, m.seq);
