@@ -139,6 +139,14 @@ class Metrics:
     def track_write_queue(self, count: Callable[[], int]) -> None:
         self.write_queue.set_function(count)
 
+    def track_unwritten_entries(self, count: Callable[[], int]) -> None:
+        """Event-log entries durable in the journal, not yet in their table."""
+        Gauge(
+            "parley_storage_log_entries_unwritten",
+            "Event-log entries journaled and not yet written to users' logs",
+            registry=self.registry,
+        ).set_function(count)
+
     def observe_commit(self, batch: int, seconds: float, waited: float) -> None:
         """Called on the writer thread (prometheus_client is thread-safe)."""
         self.batch_size.observe(batch)

@@ -53,6 +53,7 @@ async def test_metrics_count_messages_connections_and_errors(
     assert sample(text, 'parley_errors_total{code="not_found"}') == 1
     assert sample(text, "parley_events_out_total") == 3  # the echo of each send to alice
     assert "parley_event_log_lag_seconds_bucket" in text
+    assert sample(text, "parley_storage_log_entries_unwritten") >= 0
     # The server froze what startup built, so collections do not walk it again.
     assert sample(text, "parley_gc_frozen_objects") > 10_000
     assert 'python_gc_collections_total{generation="2"}' in text

@@ -51,6 +51,7 @@ def build_app(config: ServerConfig) -> web.Application:
     store.on_sync = metrics.sync_seconds.observe
     store.on_handoff = metrics.event_log_lag.observe
     metrics.track_write_queue(lambda: store.queued_writes)
+    metrics.track_unwritten_entries(lambda: len(store.unwritten))
     cache = store.cache
     metrics.track_cache(lambda: cache.hits, lambda: cache.misses, lambda: len(cache))
     bus = MemoryBus()

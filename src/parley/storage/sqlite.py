@@ -9,7 +9,8 @@ them from the database, so a retry assigns the same numbers and no gap appears.
 A batch is acknowledged once the WAL holding it is synced, which a thread of
 its own does for every batch committed since its last sync (`wal.WalSyncer`):
 the writer never waits for the disk. Another thread copies the WAL back into
-the database (`wal.Checkpointer`).
+the database (`wal.Checkpointer`). Users' event-log entries are journaled with
+their batch and reach their table later (`eventlog`).
 
 Reads run on a small pool of reader threads, each with its own connection;
 WAL lets them read committed data while the writer works. A read returns only
@@ -65,6 +66,14 @@ from parley.storage.base import (
     UserRecord,
 )
 from parley.storage.cache import ConversationCache, ConversationLists, Place
+from parley.storage.eventlog import (
+    Backlog,
+    EventRow,
+    LogChange,
+    Unwritten,
+    decode_rows,
+    encode_rows,
+)
 from parley.storage.wal import (
     WRITER_CHECKPOINT_PAGES,
     Checkpointer,
@@ -160,6 +169,10 @@ CREATE TABLE IF NOT EXISTS events (
     payload BLOB,
     PRIMARY KEY (user_id, cursor)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events_journal (
+    id INTEGER PRIMARY KEY,
+    rows BLOB NOT NULL
+);
 """
 
 #: Largest batch one commit takes: bounds the time a batch holds the writer
@@ -217,7 +230,7 @@ class _Op:
 class _Committed:
     """A committed batch on its way to being acknowledged."""
 
-    __slots__ = ("batch", "number", "results", "snapshots")
+    __slots__ = ("batch", "log", "number", "results", "snapshots")
 
     def __init__(
         self,
@@ -225,8 +238,10 @@ class _Committed:
         batch: list[_Op],
         results: list[tuple[bool, Any]],
         snapshots: list[tuple[str, ConversationRecord | None]],
+        log: LogChange,
     ) -> None:
-        self.number, self.batch, self.results, self.snapshots = number, batch, results, snapshots
+        self.number, self.batch, self.results = number, batch, results
+        self.snapshots, self.log = snapshots, log
 
 
 class SqliteStore(Store):
@@ -267,10 +282,17 @@ class SqliteStore(Store):
         #: Rows whose in-memory state is ahead of disk until `_flush_state`.
         self._dirty_members: set[tuple[str, str]] = set()
         self._dirty_counters: set[str] = set()
-        self._new_events: list[tuple[str, int, str, str, int, bytes | None]] = []
+        self._new_events: list[EventRow] = []
+        #: Log entries not yet in `events` (see `eventlog`): the writer's, what
+        #: this batch did to them, and whether the journal must first be
+        #: written back whole (after a rollback).
+        self._backlog = Backlog()
+        self._log_change = LogChange()
+        self._journal_replay_due = False
         # Read on the loop only; filled in commit order from writer snapshots.
         self.cache = ConversationCache()
         self.lists = ConversationLists()
+        self.unwritten = Unwritten()
         #: Called on the writer thread with (batch size, commit seconds, seconds
         #: the batch's oldest write waited for the writer); for metrics.
         self.on_commit: Callable[[int, float, float], None] | None = None
@@ -295,6 +317,10 @@ class SqliteStore(Store):
         # same CPU: each frame is two system calls, whatever its size.
         conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
         conn.executescript(SCHEMA)
+        conn.execute("BEGIN IMMEDIATE")
+        self._write_back_journal(conn)
+        conn.execute("COMMIT")
+        self._log_change = LogChange()
         self._wconn = conn
         self._syncer = WalSyncer(Path(f"{self.path}-wal"), self._on_durable, self._wal_sync)
         self._checkpointer = Checkpointer(
@@ -346,13 +372,16 @@ class SqliteStore(Store):
         result = await asyncio.get_running_loop().run_in_executor(self._readers, run)
         # Any batch whose COMMIT had started may be in what was read: it must
         # not be shown before it is durable (a crash could still take it back).
-        visible = self._committing
-        if self._durable < visible:
+        await self._until_durable(self._committing)
+        return result
+
+    async def _until_durable(self, number: int) -> None:
+        """Wait until batch `number` and all before it are durable and resolved."""
+        if self._durable < number:
             assert self._loop is not None
             waiter = self._loop.create_future()
-            self._durable_waiters.append((visible, waiter))
+            self._durable_waiters.append((number, waiter))
             await waiter
-        return result
 
     def _write_loop(self) -> None:
         stopping = False
@@ -392,6 +421,8 @@ class SqliteStore(Store):
             results: list[tuple[bool, Any]] = []
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                if self._journal_replay_due:
+                    self._write_back_journal(conn)
                 for op in batch:
                     results.append(self._run(conn, op, isolate))
                 self._flush_state(conn)
@@ -416,7 +447,10 @@ class SqliteStore(Store):
         if self.on_commit is not None:
             self.on_commit(len(batch), time.perf_counter() - started, waited)
         assert self._syncer is not None
-        self._syncer.submit(_Committed(number, batch, results, self._snapshot_changed()))
+        log_change, self._log_change = self._log_change, LogChange()
+        self._syncer.submit(
+            _Committed(number, batch, results, self._snapshot_changed(), log_change)
+        )
         self._help_checkpoint(conn)
 
     def _help_checkpoint(self, conn: sqlite3.Connection) -> None:
@@ -461,6 +495,7 @@ class SqliteStore(Store):
         if self.on_handoff is not None:
             self.on_handoff(time.perf_counter() - synced)
         for committed in durable:
+            self.unwritten.apply(committed.log)
             for cid, record in committed.snapshots:
                 if record is None:
                     self.cache.discard(cid)
@@ -517,6 +552,7 @@ class SqliteStore(Store):
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
             self._forget_state()
+            self._write_back_journal(conn)
             return False, Unavailable("write refused", code="internal")
         conn.execute("RELEASE op")
         return True, result
@@ -526,13 +562,29 @@ class SqliteStore(Store):
 
         Writes change conversation and member rows in memory only; a hundred
         messages into one conversation then cost one row update, not a hundred.
-        Log entries go in with one statement per batch, in key order, rather
-        than one per write: a message logs two and its receipt two more.
+        Log entries go into the journal as one row, and the backlogs now due
+        into `events` (see `eventlog`).
         """
         if self._new_events:
-            self._new_events.sort()
-            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", self._new_events)
-            self._new_events.clear()
+            entries, self._new_events = self._new_events, []
+            journal_id = conn.execute(
+                "INSERT INTO events_journal (rows) VALUES (?)", (encode_rows(entries),)
+            ).lastrowid
+            assert journal_id is not None
+            self._backlog.add(entries, journal_id, time.monotonic())
+            self._log_change.added += entries
+        due = self._backlog.take_due(time.monotonic())
+        if due:
+            due.sort()
+            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", due)
+            written = self._log_change.written
+            for row in due:
+                written[row[0]] = row[1]
+            kept_from = self._backlog.oldest_journal_id()
+            if kept_from is None:
+                conn.execute("DELETE FROM events_journal")
+            else:
+                conn.execute("DELETE FROM events_journal WHERE id < ?", (kept_from,))
         if self._dirty_members:
             rows = [
                 (m.role, m.delivered_seq, m.read_seq, m.unread, cid, uid)
@@ -559,12 +611,31 @@ class SqliteStore(Store):
 
     def _forget_state(self) -> None:
         """Drop writer state after a rollback; it reloads from disk (inside the
-        open transaction, if any, so it sees that transaction's own writes)."""
+        open transaction, if any, so it sees that transaction's own writes),
+        once the journal has been written back."""
         self._convs.clear()
         self._cursors.clear()
         self._dirty_members.clear()
         self._dirty_counters.clear()
         self._new_events.clear()
+        self._backlog.clear()
+        self._log_change = LogChange()
+        self._journal_replay_due = True
+
+    def _write_back_journal(self, conn: sqlite3.Connection) -> None:
+        """Write every journaled log entry to `events` and empty the journal, so
+        that cursors reload from disk as they were committed."""
+        rows = [
+            row
+            for (blob,) in conn.execute("SELECT rows FROM events_journal ORDER BY id")
+            for row in decode_rows(blob)
+        ]
+        if rows:  # else nothing to write: the commit stays empty
+            rows.sort()
+            conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+            conn.execute("DELETE FROM events_journal")
+        self._log_change.all_written = True
+        self._journal_replay_due = False
 
     # writer-side state ---------------------------------------------------------
     def _conv(self, conn: sqlite3.Connection, conversation_id: str) -> ConversationRecord | None:
@@ -1067,10 +1138,17 @@ class SqliteStore(Store):
 
     # event logs ---------------------------------------------------------------------
     async def read_events(self, user_id: str, after: int, limit: int) -> list[LoggedEvent]:
-        return await self._read(_select_events, user_id, after, limit)
+        # Like a read of the disk, this returns what was committed when called,
+        # once durable. The entries not yet on disk are taken before the read:
+        # one written back meanwhile is then in both, and counts once.
+        await self._until_durable(self._committing)
+        unwritten = self.unwritten.after(user_id, after)
+        return await self._read(_select_events, user_id, after, limit, unwritten)
 
     async def current_cursor(self, user_id: str) -> int:
-        return await self._read(_max_cursor, user_id)
+        await self._until_durable(self._committing)
+        unwritten = self.unwritten.last_cursor(user_id)
+        return max(unwritten, await self._read(_max_cursor, user_id))
 
     # contacts and presence ------------------------------------------------------------
     async def add_contact(self, owner_id: str, contact_id: str, now: int) -> None:
@@ -1295,19 +1373,40 @@ def _select_messages(
     return [_message(r) for r in rows], has_more
 
 
+#: Log entries with what they point to: the message, or the conversation's snapshot.
+_JOINED_EVENTS = (
+    "SELECT e.cursor, e.kind, e.conversation_id, e.seq, e.payload, v.snapshot,"
+    " m.message_id, m.sender_id, m.client_msg_id, m.body, m.sent_at"
+    " FROM {entries} e LEFT JOIN messages m"
+    " ON e.kind = 'message' AND m.conversation_id = e.conversation_id AND m.seq = e.seq"
+    " LEFT JOIN conversation_versions v ON e.kind = 'conversation'"
+    " AND v.conversation_id = e.conversation_id AND v.version = e.seq"
+)
+_UNWRITTEN_ENTRIES = (
+    "(SELECT column1 AS cursor, column2 AS kind, column3 AS conversation_id,"
+    " column4 AS seq, column5 AS payload FROM (VALUES {values}))"
+)
+
+
 def _select_events(
-    conn: sqlite3.Connection, user_id: str, after: int, limit: int
+    conn: sqlite3.Connection, user_id: str, after: int, limit: int, unwritten: list[EventRow]
 ) -> list[LoggedEvent]:
+    """The page of `user_id`'s log after `after`: from `events`, then from the
+    entries not yet written there (`unwritten`, all newer than those on disk)."""
     rows = conn.execute(
-        "SELECT e.cursor, e.kind, e.conversation_id, e.seq, e.payload, v.snapshot,"
-        " m.message_id, m.sender_id, m.client_msg_id, m.body, m.sent_at"
-        " FROM events e LEFT JOIN messages m"
-        " ON e.kind = 'message' AND m.conversation_id = e.conversation_id AND m.seq = e.seq"
-        " LEFT JOIN conversation_versions v ON e.kind = 'conversation'"
-        " AND v.conversation_id = e.conversation_id AND v.version = e.seq"
-        " WHERE e.user_id = ? AND e.cursor > ? ORDER BY e.cursor LIMIT ?",
+        _JOINED_EVENTS.format(entries="events")
+        + " WHERE e.user_id = ? AND e.cursor > ? ORDER BY e.cursor LIMIT ?",
         (user_id, after, limit),
     ).fetchall()
+    last = rows[-1][0] if rows else after
+    newer = [row[1:] for row in unwritten if row[1] > last][: limit - len(rows)]
+    if newer:
+        values = ", ".join(["(?, ?, ?, ?, ?)"] * len(newer))
+        rows += conn.execute(
+            _JOINED_EVENTS.format(entries=_UNWRITTEN_ENTRIES.format(values=values))
+            + " ORDER BY e.cursor",
+            [value for row in newer for value in row],
+        ).fetchall()
     events: list[LoggedEvent] = []
     for cursor, kind, conversation_id, seq, payload, snapshot, *msg in rows:
         if kind == "message":
