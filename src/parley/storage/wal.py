@@ -52,10 +52,11 @@ READ_AHEAD_BYTES = 16 << 20
 #: Sizes of the WAL file's header and of each frame's header (SQLite's format).
 WAL_HEADER, WAL_FRAME_HEADER = 32, 24
 #: The wal-index in the -shm file (https://www.sqlite.org/walformat.html): where
-#: its header holds the last valid frame and the frames already copied into the
-#: database; then the 32 KiB blocks that map frames to database pages, the first
-#: holding 4,062 page numbers after the headers, every other one 4,096 from its start.
-WAL_INDEX_LAST_FRAME, WAL_INDEX_BACKFILL = 16, 96
+#: its header holds the last valid frame, the WAL's first salt (which each
+#: restart of the WAL changes) and the frames already copied into the database;
+#: then the 32 KiB blocks that map frames to database pages, the first holding
+#: 4,062 page numbers after the headers, every other one 4,096 from its start.
+WAL_INDEX_LAST_FRAME, WAL_INDEX_SALT, WAL_INDEX_BACKFILL = 16, 32, 96
 WAL_INDEX_BLOCK, WAL_INDEX_FIRST_PAGES = 32_768, 136
 WAL_INDEX_BLOCK_PAGES = 4_096
 WAL_INDEX_FIRST_BLOCK_PAGES = WAL_INDEX_BLOCK_PAGES - WAL_INDEX_FIRST_PAGES // 4
@@ -168,6 +169,10 @@ class WalIndex:
         """Frames already copied into the database."""
         return self._u32(WAL_INDEX_BACKFILL)
 
+    def generation(self) -> int:
+        """The WAL's first salt: it changes each time the WAL restarts."""
+        return self._u32(WAL_INDEX_SALT)
+
     def pages(self, first: int, last: int) -> list[int]:
         """The database pages frames `first`..`last` hold, in frame order."""
         pages: list[int] = []
@@ -275,7 +280,7 @@ class Checkpointer:
             self._wanted.clear()
             if self._stop.wait(CHECKPOINT_INTERVAL):
                 return
-            copied_before = self._index.backfilled()
+            generation, copied_before = self._index.generation(), self._index.backfilled()
             try:
                 frames = checkpoint(self._conn)
             except sqlite3.Error:
@@ -283,8 +288,9 @@ class Checkpointer:
                 log.exception("checkpoint failed; retrying on the next round")
                 continue
             copied = self._index.backfilled()
-            # Fewer copied than before: the writer restarted the WAL meanwhile.
-            first = copied_before + 1 if copied >= copied_before else 1
+            # The writer restarted the WAL meanwhile: its frames count from 1 again.
+            restarted = self._index.generation() != generation or copied < copied_before
+            first = 1 if restarted else copied_before + 1
             write_back(self._db_fd, self._index.pages(first, copied), self._page_size)
             sync_or_stop(os.fdatasync, self._db_fd, "the database")
             if frames >= RESTART_PAGES:
