@@ -52,6 +52,8 @@ def row_specs(rates: list[int]) -> list[Spec]:
             ("latency", f"{r}_deliver_p50_ms", f"@{r}/s send->deliver p50", "ms", "lower"),
             ("latency", f"{r}_deliver_p99_ms", f"@{r}/s send->deliver p99", "ms", "lower"),
             ("latency", f"{r}_deliver_p99.9_ms", f"@{r}/s send->deliver p99.9", "ms", "lower"),
+            ("latency", f"{r}_server_cpu_pct", f"@{r}/s server CPU busy", "%", "lower"),
+            ("latency", f"{r}_core_us_per_msg", f"@{r}/s server core per message", "us", "lower"),
         ]
     rows += [
         ("connections", "open", "idle sockets open", "conns", "higher"),

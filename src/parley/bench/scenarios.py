@@ -303,6 +303,13 @@ async def latency(ctx: Ctx) -> dict[str, Any]:
         for what in ("ack", "deliver"):
             for q in ("p50", "p99", "p99.9"):
                 metrics[f"{k}_{what}_{q}_ms"] = res[what][f"{q}_ms"]
+        busy, delivered = res["server_cpu_busy"], res["delivered_per_s"]
+        metrics[f"{k}_server_cpu_pct"] = _pct(busy)
+        # Steadier than a tail on a shared machine, and what a latency target
+        # comes down to: a core can take 1e6 / this messages a second.
+        metrics[f"{k}_core_us_per_msg"] = (
+            round(1e6 * busy / delivered, 1) if busy is not None and delivered else None
+        )
     return {"rates": by_rate, "metrics": metrics}
 
 
