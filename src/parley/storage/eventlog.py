@@ -45,16 +45,9 @@ USERS_PER_COMMIT = 256
 #: (still `USERS_PER_COMMIT` at a time): bounds memory.
 MAX_UNWRITTEN = 200_000
 
-_encode_rows = msgspec.msgpack.Encoder().encode
-_decode_rows = msgspec.msgpack.Decoder(list[tuple[str, int, str, str, int, bytes | None]]).decode
-
-
-def encode_rows(rows: list[EventRow]) -> bytes:
-    return _encode_rows(rows)
-
-
-def decode_rows(blob: bytes) -> list[EventRow]:
-    return _decode_rows(blob)
+#: A journal row's entries, as stored.
+encode_rows = msgspec.msgpack.Encoder().encode
+decode_rows = msgspec.msgpack.Decoder(list[EventRow]).decode
 
 
 @dataclass(slots=True)

@@ -565,15 +565,16 @@ class SqliteStore(Store):
         Log entries go into the journal as one row, and the backlogs now due
         into `events` (see `eventlog`).
         """
+        now = time.monotonic()
         if self._new_events:
             entries, self._new_events = self._new_events, []
             journal_id = conn.execute(
                 "INSERT INTO events_journal (rows) VALUES (?)", (encode_rows(entries),)
             ).lastrowid
             assert journal_id is not None
-            self._backlog.add(entries, journal_id, time.monotonic())
+            self._backlog.add(entries, journal_id, now)
             self._log_change.added += entries
-        due = self._backlog.take_due(time.monotonic())
+        due = self._backlog.take_due(now)
         if due:
             due.sort()
             conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", due)
