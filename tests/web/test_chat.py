@@ -121,6 +121,9 @@ def test_group_of_three(web_server: ServerProcess, open_client: Callable[..., Cl
     expect(cat.page.locator(".composer-notice")).to_contain_text("no longer a member")
     expect(cat.page.get_by_label("Message", exact=True)).to_be_hidden()
     send(ann, "just the two of us now")
+    # Sent and stored (ticked) on Ann's side before Ben is asked to show it.
+    mine = bubbles(ann).filter(has_text="just the two of us now")
+    expect(mine.get_by_role("img", name=re.compile("sent|delivered|read"))).to_be_visible()
     expect(bubbles(ben).filter(has_text="just the two of us now")).to_be_visible()
     expect(ann.page.locator(".chat-sub")).to_contain_text("2 members")
 
