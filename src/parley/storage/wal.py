@@ -288,9 +288,9 @@ class Checkpointer:
                 log.exception("checkpoint failed; retrying on the next round")
                 continue
             copied = self._index.backfilled()
-            # The writer restarted the WAL meanwhile: its frames count from 1 again.
-            restarted = self._index.generation() != generation or copied < copied_before
-            first = 1 if restarted else copied_before + 1
+            # A new salt: the writer restarted the WAL meanwhile, and its frames
+            # count from 1 again.
+            first = 1 if self._index.generation() != generation else copied_before + 1
             write_back(self._db_fd, self._index.pages(first, copied), self._page_size)
             sync_or_stop(os.fdatasync, self._db_fd, "the database")
             if frames >= RESTART_PAGES:
