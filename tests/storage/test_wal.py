@@ -206,11 +206,12 @@ async def test_each_round_writes_back_the_pages_it_copied(
             if index.backfilled() == last and written[-last:] == _frame_pages(path, last, 4096):
                 break
             await asyncio.sleep(0.01)
-        assert index.backfilled() == last > 100
+        assert index.backfilled() == last > 0
         # The pages of this WAL's frames, last: if the writer restarted the WAL
-        # meanwhile, the rounds before wrote back those of the frames it replaced.
+        # meanwhile (then this WAL may hold only a few frames), the rounds
+        # before wrote back those of the frames it replaced.
         assert written[-last:] == _frame_pages(path, last, 4096)
-        assert len(written) >= last
+        assert len(written) > 100
     finally:
         index.close()
         await asyncio.wait_for(store.close(), 10)
