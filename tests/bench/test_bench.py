@@ -76,6 +76,7 @@ def test_report_records_machine_and_revision(report: Any) -> None:
     assert report["machine"]["python"].count(".") == 2
     assert report["machine"]["kernel"]
     assert report["machine"]["cpu_model"]
+    assert 0 <= report["machine"]["cpu_steal_pct_during_run"] <= 100
     assert "revision" in report["git"]
     assert set(report["results"]) == {"parley", "baseline"}
     assert report["table"], "no rows in the table"
@@ -107,6 +108,23 @@ def test_latency(report: Any, target: str) -> None:
     # over ~1.3 s send at most ~30 of them for ~650 messages, and at least one
     res = report["results"][target]["latency"]["rates"]["500"]
     assert 0 < res["delivered_frames"] <= 3 * (1.3 / 0.05 + 2) < res["sent"], res
+
+
+def test_storage(report: Any) -> None:
+    """The store alone, in a process of its own: what it stored, the CPU of its
+    own threads (named, read from /proc) and what that makes per message."""
+    m = metrics(report, "parley", "storage")
+    res = report["results"]["parley"]["storage"]["rates"]["500"]
+    assert m["500_stored_per_s"] > 250  # offered 500/s for 1 s
+    assert res["commits_per_s"] > 0 and res["writes_per_commit"] >= 1
+    threads = res["thread_cpu_s"]
+    assert threads["sqlite-writer"] > 0 and "sqlite-sync" in threads, threads
+    store = sum(s for name, s in threads.items() if name.startswith("sqlite-"))
+    assert m["500_store_cpu_pct"] == pytest.approx(100 * store / res["seconds"], abs=0.2)
+    assert m["500_store_us_per_msg"] == pytest.approx(
+        1e6 * store / (res["stored_per_s"] * res["seconds"]), rel=0.01
+    )
+    assert report["results"]["baseline"]["storage"] == {"skipped": "the bare relay stores nothing"}
 
 
 @pytest.mark.parametrize("target", ["parley", "baseline"])

@@ -55,6 +55,12 @@ def row_specs(rates: list[int]) -> list[Spec]:
             ("latency", f"{r}_server_cpu_pct", f"@{r}/s server CPU busy", "%", "lower"),
             ("latency", f"{r}_core_us_per_msg", f"@{r}/s server core per message", "us", "lower"),
         ]
+    for r in map(rate_key, rates):
+        rows += [
+            ("storage", f"{r}_stored_per_s", f"@{r}/s stored, store alone", "msg/s", "higher"),
+            ("storage", f"{r}_store_cpu_pct", f"@{r}/s store threads busy", "%", "lower"),
+            ("storage", f"{r}_store_us_per_msg", f"@{r}/s store core per message", "us", "lower"),
+        ]
     rows += [
         ("connections", "open", "idle sockets open", "conns", "higher"),
         ("connections", "connect_per_s", "connect rate", "conn/s", "higher"),
@@ -204,6 +210,7 @@ async def run_all(
 ) -> dict[str, Any]:
     sizes = sizes_from(args)
     machine = report.machine()
+    ticks_at_start = report.cpu_ticks()
     load = machine["load_average_at_start"]
     if load and load[0] > 0.5:
         Progress(args.quiet).note(
@@ -241,6 +248,7 @@ async def run_all(
         pool.close()
     machine["load_average_at_end"] = report.load_average()
     machine["fsync_ms_at_end"] = report.fsync_ms()
+    machine["cpu_steal_pct_during_run"] = report.steal_pct(ticks_at_start, report.cpu_ticks())
     return {
         "machine": machine,
         "git": report.git_revision(),
@@ -309,6 +317,9 @@ def main(argv: list[str]) -> int:
             f"note: load average {load}, CPU pressure {pressure}% when the run started: "
             "not a quiet machine, other work shows up in these figures"
         )
+    steal = m.get("cpu_steal_pct_during_run")
+    if steal:
+        print(f"CPU steal during the run: {steal}% (time the hypervisor gave to other guests)")
     fs = [m.get("fsync_ms_at_start"), m.get("fsync_ms_at_end")]
     if all(fs):
         print(

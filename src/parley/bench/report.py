@@ -167,6 +167,23 @@ def cpu_pressure() -> float | None:
         return None
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(stolen, all) clock ticks of every CPU since boot (Linux `/proc/stat`)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Share of CPU time the hypervisor gave to other guests between two
+    `cpu_ticks()`, in %: on a shared VM the figures move with it."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100 * (after[0] - before[0]) / (after[1] - before[1]), 1)
+
+
 def fsync_ms(directory: str | None = None, rounds: int = 20) -> dict[str, float] | None:
     """How long a 4 KiB write + fsync takes here (what a durable commit waits for):
     p50 and max in ms. A busy disk shows up here before it shows up as latency."""

@@ -17,6 +17,7 @@ import aiohttp
 
 from parley.bench.jobs import ChatArgs, PairSpec, gather_limited
 from parley.bench.report import summarize_us
+from parley.bench.storage import run_pinned
 from parley.bench.targets import Target
 from parley.bench.wire import Api, BenchError, NotSupported, User
 from parley.bench.workers import Pool
@@ -310,6 +311,33 @@ async def latency(ctx: Ctx) -> dict[str, Any]:
         metrics[f"{k}_core_us_per_msg"] = (
             round(1e6 * busy / delivered, 1) if busy is not None and delivered else None
         )
+    return {"rates": by_rate, "metrics": metrics}
+
+
+async def storage(ctx: Ctx) -> dict[str, Any]:
+    """The embedded store alone at the latency scenario's rates (see `bench.storage`),
+    on the server's core: what durable storage costs per message before any socket."""
+    if ctx.target.name == "baseline":
+        raise NotSupported("the bare relay stores nothing")
+    s = ctx.sizes
+    by_rate: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    for rate in s.rates:
+        ctx.progress.phase(f"storage: the store alone, {rate:,} msg/s offered")
+        res = await asyncio.to_thread(
+            run_pinned,
+            ctx.target.pinned,
+            float(rate),
+            s.latency_duration,
+            s.warmup,
+            s.latency_pairs,
+            s.delivered_delay,
+        )
+        by_rate[str(rate)] = res
+        k = f"{rate // 1000}k" if rate % 1000 == 0 else str(rate)  # as cli.rate_key
+        metrics[f"{k}_stored_per_s"] = res["stored_per_s"]
+        metrics[f"{k}_store_cpu_pct"] = _pct(res["store_cpu_busy"])
+        metrics[f"{k}_store_us_per_msg"] = res["store_us_per_msg"]
     return {"rates": by_rate, "metrics": metrics}
 
 
@@ -643,6 +671,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "connections": connections,
     "throughput": throughput,
     "latency": latency,
+    "storage": storage,
     "history": history,
     "catchup": catchup,
     "group": group,
