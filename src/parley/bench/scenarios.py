@@ -17,7 +17,7 @@ import aiohttp
 
 from parley.bench.jobs import ChatArgs, PairSpec, gather_limited
 from parley.bench.report import summarize_us
-from parley.bench.storage import run_pinned
+from parley.bench.storage import Load, run_pinned
 from parley.bench.targets import Target
 from parley.bench.wire import Api, BenchError, NotSupported, User
 from parley.bench.workers import Pool
@@ -324,15 +324,8 @@ async def storage(ctx: Ctx) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for rate in s.rates:
         ctx.progress.phase(f"storage: the store alone, {rate:,} msg/s offered")
-        res = await asyncio.to_thread(
-            run_pinned,
-            ctx.target.pinned,
-            float(rate),
-            s.latency_duration,
-            s.warmup,
-            s.latency_pairs,
-            s.delivered_delay,
-        )
+        load = Load(float(rate), s.latency_duration, s.warmup, s.latency_pairs, s.delivered_delay)
+        res = await asyncio.to_thread(run_pinned, ctx.target.pinned, load)
         by_rate[str(rate)] = res
         k = f"{rate // 1000}k" if rate % 1000 == 0 else str(rate)  # as cli.rate_key
         metrics[f"{k}_stored_per_s"] = res["stored_per_s"]

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,19 @@ def thread_cpu_seconds() -> dict[str, float]:
     return out
 
 
+@dataclass(frozen=True)
+class Load:
+    """What the harness offers: `rate` messages a second over `pairs` 1:1
+    conversations for `warmup` + `duration` seconds, receivers confirming
+    delivery every `delivered_delay` seconds."""
+
+    rate: float
+    duration: float
+    warmup: float
+    pairs: int
+    delivered_delay: float
+
+
 class _Counts:
     def __init__(self) -> None:
         self.commits = 0
@@ -62,30 +76,20 @@ class _Counts:
         self.writes += batch
 
 
-async def measure(
-    rate: float, duration: float, warmup: float, pairs: int, delivered_delay: float
-) -> dict[str, Any]:
-    """Offer `rate` messages a second for `warmup` + `duration` seconds; CPU per
-    thread over the last `duration`."""
+async def measure(load: Load) -> dict[str, Any]:
+    """Offer `load` to a new store; CPU per thread over its last `duration`."""
     with tempfile.TemporaryDirectory(prefix="parley-bench-store-") as workdir:
         store = SqliteStore(Path(workdir) / "parley.db")
         await store.open()
         try:
-            return await _drive(store, rate, duration, warmup, pairs, delivered_delay)
+            return await _drive(store, load)
         finally:
             await store.close()
 
 
-async def _drive(
-    store: SqliteStore,
-    rate: float,
-    duration: float,
-    warmup: float,
-    pairs: int,
-    delivered_delay: float,
-) -> dict[str, Any]:
+async def _drive(store: SqliteStore, load: Load) -> dict[str, Any]:
     chats: list[tuple[str, str, str]] = []  # conversation, sender, receiver
-    for i in range(pairs):
+    for i in range(load.pairs):
         sender, receiver = f"s{i}", f"r{i}"
         for user_id in (sender, receiver):
             await store.create_user(UserRecord(user_id, user_id, user_id, "-", 0))
@@ -109,7 +113,7 @@ async def _drive(
 
     async def confirm_delivered() -> None:
         while True:
-            await asyncio.sleep(delivered_delay)
+            await asyncio.sleep(load.delivered_delay)
             due = list(unconfirmed.items())
             unconfirmed.clear()
             for (conversation_id, receiver), seq in due:
@@ -118,7 +122,7 @@ async def _drive(
     async def offer(seconds: float) -> int:
         sent, started = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - started) < seconds:
-            while sent < int(elapsed * rate):
+            while sent < int(elapsed * load.rate):
                 conversation_id, sender, receiver = chats[sent % len(chats)]
                 future = store.append_message(
                     conversation_id,
@@ -137,11 +141,11 @@ async def _drive(
 
     confirming = asyncio.create_task(confirm_delivered())
     try:
-        await offer(warmup)
+        await offer(load.warmup)
         counts = _Counts()  # commits of the measured window only
         store.on_commit = counts.on_commit
         cpu_before, started = thread_cpu_seconds(), time.perf_counter()
-        sent = await offer(duration)
+        sent = await offer(load.duration)
         elapsed = time.perf_counter() - started
         cpu_after = thread_cpu_seconds()
         store.on_commit = None
@@ -154,7 +158,7 @@ async def _drive(
     }
     store_seconds = sum(s for name, s in threads.items() if name.startswith("sqlite-"))
     return {
-        "offered_per_s": rate,
+        "offered_per_s": load.rate,
         "stored_per_s": round(sent / elapsed, 1),
         "seconds": round(elapsed, 3),
         "commits_per_s": round(counts.commits / elapsed, 1),
@@ -168,28 +172,20 @@ async def _drive(
     }
 
 
-def run_pinned(
-    core: int | None,
-    rate: float,
-    duration: float,
-    warmup: float,
-    pairs: int,
-    delivered_delay: float,
-) -> dict[str, Any]:
+def run_pinned(core: int | None, load: Load) -> dict[str, Any]:
     """`measure` in a new process on `core` (the server's), so that it has the
     core to itself as a server would."""
     argv = [
         sys.executable,
         "-m",
         "parley.bench.storage",
-        f"--rate={rate}",
-        f"--duration={duration}",
-        f"--warmup={warmup}",
-        f"--pairs={pairs}",
-        f"--delivered-delay={delivered_delay}",
+        *(f"--{name.replace('_', '-')}={value}" for name, value in asdict(load).items()),
     ]
     done = subprocess.run(
-        pinned(argv, core), capture_output=True, text=True, timeout=warmup + duration + 120
+        pinned(argv, core),
+        capture_output=True,
+        text=True,
+        timeout=load.warmup + load.duration + 120,
     )
     if done.returncode != 0:
         raise BenchError(f"the storage harness failed:\n{done.stderr[-2000:]}")
@@ -211,9 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvloop
 
-    result = uvloop.run(
-        measure(args.rate, args.duration, args.warmup, args.pairs, args.delivered_delay)
-    )
+    result = uvloop.run(measure(Load(**vars(args))))
     print(json.dumps(result))
     return 0
 
