@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from parley.bench import report
-from parley.bench.report import Better, Row
+from parley.bench.report import Better, Row, rate_key
 from parley.bench.scenarios import SCENARIOS, Ctx, Progress, Sizes, Users
 from parley.bench.targets import (
     Target,
@@ -28,11 +28,6 @@ from parley.bench.workers import Pool
 NAMES = [*SCENARIOS, "baseline"]
 
 Spec = tuple[str, str, str, str, Better]
-
-
-def rate_key(rate: int) -> str:
-    """1000 -> "1k"; the latency scenario names its metrics by this."""
-    return f"{rate // 1000}k" if rate % 1000 == 0 else str(rate)
 
 
 def row_specs(rates: list[int]) -> list[Spec]:

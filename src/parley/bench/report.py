@@ -35,6 +35,11 @@ def summarize_us(values: list[int]) -> dict[str, Any]:
     return out
 
 
+def rate_key(rate: int) -> str:
+    """1000 -> "1k"; the latency and storage scenarios name their metrics by this."""
+    return f"{rate // 1000}k" if rate % 1000 == 0 else str(rate)
+
+
 Better = Literal["higher", "lower"]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from parley.bench.jobs import ChatArgs, PairSpec, gather_limited
-from parley.bench.report import summarize_us
+from parley.bench.report import rate_key, summarize_us
 from parley.bench.storage import Load, run_pinned
 from parley.bench.targets import Target
 from parley.bench.wire import Api, BenchError, NotSupported, User
@@ -299,7 +299,7 @@ async def latency(ctx: Ctx) -> dict[str, Any]:
             )
         )
         by_rate[str(rate)] = res
-        k = f"{rate // 1000}k" if rate % 1000 == 0 else str(rate)  # as cli.rate_key
+        k = rate_key(rate)
         metrics[f"{k}_achieved_per_s"] = res["delivered_per_s"]
         for what in ("ack", "deliver"):
             for q in ("p50", "p99", "p99.9"):
@@ -327,7 +327,7 @@ async def storage(ctx: Ctx) -> dict[str, Any]:
         load = Load(float(rate), s.latency_duration, s.warmup, s.latency_pairs, s.delivered_delay)
         res = await asyncio.to_thread(run_pinned, ctx.target.pinned, load)
         by_rate[str(rate)] = res
-        k = f"{rate // 1000}k" if rate % 1000 == 0 else str(rate)  # as cli.rate_key
+        k = rate_key(rate)
         metrics[f"{k}_stored_per_s"] = res["stored_per_s"]
         metrics[f"{k}_store_cpu_pct"] = _pct(res["store_cpu_busy"])
         metrics[f"{k}_store_us_per_msg"] = res["store_us_per_msg"]
